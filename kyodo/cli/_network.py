@@ -1,0 +1,274 @@
+"""Local networks: generate organizations, keys, genesis; start and stop node processes.
+
+Layout of a network folder::
+
+    network.json                  what is where (ports, nodes, orgs); no secrets
+    genesis.block                 the genesis block every node starts from
+    ca-bundle.pem                 every organization's CA certificate
+    orgs/<org>/passphrase         the org's key passphrase (mode 0600; dev networks only)
+    orgs/<org>/ca/ca.pem|ca.key   the org's root CA (key encrypted)
+    orgs/<org>/users/<name>/      admin and user1: signing.pem|key, tls.pem|key
+    nodes/<node>/                 node.json, keys, data/ (RocksDB), node.log, node.pid
+
+Each node is a detached OS process (``python -m kyodo.node HOME``) in its
+own session, so it outlives the command that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from kyodo.client import Gateway, KyodoError, UserCredentials, load_user
+from kyodo.crypto import save_private_key
+from kyodo.identity import CertificateAuthority, Role
+from kyodo.ledger import (
+    ConsensusParams,
+    NetworkConfig,
+    NodeInfo,
+    OrgInfo,
+    make_genesis_block,
+    save_genesis,
+)
+from kyodo.node import NodeConfig
+
+__all__ = ["LocalNetwork", "NodeEntry", "create_network"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeEntry:
+    """A node of a local network."""
+
+    node_id: str
+    org_id: str
+    home: Path
+    gateway: str
+    p2p_port: int
+    metrics_port: int
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _der(pem: bytes) -> bytes:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+
+def _issue_member(ca: CertificateAuthority, folder: Path, *, name: str, role: Role,
+                  passphrase: bytes, salt: bytes, now: datetime) -> tuple[bytes, bytes]:
+    """Keys and certificates of one member in ``folder``; returns (signing PEM, TLS PEM)."""
+    signing = ed25519.Ed25519PrivateKey.generate()
+    tls = ec.generate_private_key(ec.SECP256R1())
+    signing_pem = ca.issue_signing_cert(name=name, role=role, public_key=signing.public_key(),
+                                        now=now)
+    tls_pem = ca.issue_tls_cert(name=name, role=role, public_key=tls.public_key(), now=now,
+                                hosts=("localhost", "127.0.0.1"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_private_key(folder / "signing.key", signing, passphrase, salt=salt)
+    save_private_key(folder / "tls.key", tls, passphrase, salt=salt)
+    (folder / "signing.pem").write_bytes(signing_pem)
+    (folder / "tls.pem").write_bytes(tls_pem)
+    return signing_pem, tls_pem
+
+
+def create_network(folder: Path, *, orgs: int, progress: Progress,
+                   batch_timeout_ms: int = 20, max_batch_txs: int = 500) -> LocalNetwork:
+    """Generate a network of ``orgs`` organizations, one validator node each."""
+    if (folder / "network.json").exists():
+        raise KyodoError(f"{folder} already holds a network; `kyodo network down --purge` first",
+                         code="exists")
+    if not 1 <= orgs <= 32:
+        raise KyodoError("--orgs must be between 1 and 32", code="usage")
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    chain_id = f"kyodo-local-{secrets.token_hex(4)}"
+    org_infos: list[OrgInfo] = []
+    nodes: list[NodeInfo] = []
+    entries: list[dict[str, object]] = []
+    for i in range(1, orgs + 1):
+        org_id = f"org{i}"
+        progress(f"organization {org_id}: CA, node and user certificates")
+        org_dir = folder / "orgs" / org_id
+        org_dir.mkdir(parents=True, exist_ok=True)
+        passphrase = secrets.token_hex(24).encode()
+        pass_file = org_dir / "passphrase"
+        pass_file.touch(mode=0o600)
+        pass_file.write_bytes(passphrase)
+        salt = os.urandom(16)
+        ca = CertificateAuthority.create(org_id, now=now)
+        (org_dir / "ca").mkdir(exist_ok=True)
+        (org_dir / "ca" / "ca.pem").write_bytes(ca.cert_pem)
+        save_private_key(org_dir / "ca" / "ca.key", ca.key, passphrase, salt=salt)
+        org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.cert_pem))
+        for user, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
+            _issue_member(ca, org_dir / "users" / user, name=user, role=role,
+                          passphrase=passphrase, salt=salt, now=now)
+        node_id = f"{org_id}-node0"
+        home = folder / "nodes" / node_id
+        signing_pem, tls_pem = _issue_member(ca, home, name=node_id, role=Role.NODE,
+                                             passphrase=passphrase, salt=salt, now=now)
+        p2p, gateway, metrics = _free_ports(3)
+        NodeConfig(
+            node_id=node_id, org_id=org_id, listen_host="127.0.0.1", p2p_port=p2p,
+            gateway_port=gateway, metrics_port=metrics, genesis="../../genesis.block",
+            passphrase=f"file:../../orgs/{org_id}/passphrase",
+        ).save(home)
+        nodes.append(NodeInfo(
+            node_id=node_id, org_id=org_id, signing_cert=_der(signing_pem), tls_cert_pem=tls_pem,
+            host="127.0.0.1", p2p_port=p2p, gateway_port=gateway, validator=True,
+        ))
+        entries.append({"node_id": node_id, "org_id": org_id, "home": f"nodes/{node_id}",
+                        "gateway": f"127.0.0.1:{gateway}", "p2p_port": p2p,
+                        "metrics_port": metrics})
+    config = NetworkConfig(
+        chain_id=chain_id, orgs=tuple(org_infos), nodes=tuple(nodes),
+        consensus=ConsensusParams(max_batch_txs=max_batch_txs, max_batch_bytes=4 * 1024 * 1024,
+                                  batch_timeout_ms=batch_timeout_ms, tx_max_age_ms=300_000),
+        created_ms=int(now.timestamp() * 1000),
+    )
+    progress("genesis block")
+    save_genesis(folder / "genesis.block", make_genesis_block(config))
+    (folder / "ca-bundle.pem").write_bytes(b"".join(o.ca_cert_pem for o in org_infos))
+    (folder / "network.json").write_text(json.dumps(
+        {"chain_id": chain_id, "orgs": [o.org_id for o in org_infos], "nodes": entries},
+        indent=2) + "\n")
+    return LocalNetwork(folder)
+
+
+class LocalNetwork:
+    """A generated local network folder and its node processes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+        path = self.folder / "network.json"
+        if not path.exists():
+            raise KyodoError(f"no network in {self.folder} (run `kyodo network up`)",
+                             code="no_network")
+        doc = json.loads(path.read_text())
+        self.chain_id: str = doc["chain_id"]
+        self.orgs: list[str] = doc["orgs"]
+        self.nodes = [
+            NodeEntry(node_id=n["node_id"], org_id=n["org_id"], home=self.folder / n["home"],
+                      gateway=n["gateway"], p2p_port=n["p2p_port"],
+                      metrics_port=n["metrics_port"])
+            for n in doc["nodes"]
+        ]
+
+    def node(self, node_id: str) -> NodeEntry:
+        """A node by id (or by org id: that org's first node)."""
+        for entry in self.nodes:
+            if node_id in (entry.node_id, entry.org_id):
+                return entry
+        raise KyodoError(f"no node {node_id!r}; nodes: {', '.join(n.node_id for n in self.nodes)}",
+                         code="not_found")
+
+    # -- processes -------------------------------------------------------------------
+
+    def pid(self, node: NodeEntry) -> int | None:
+        """The pid of a running node process, or None."""
+        try:
+            pid = int((node.home / "node.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if b"kyodo.node" not in cmdline or str(node.home).encode() not in cmdline:
+            return None
+        return pid
+
+    def start(self, node: NodeEntry) -> int:
+        """Start a node process detached; returns its pid."""
+        running = self.pid(node)
+        if running is not None:
+            return running
+        log = open(node.home / "node.log", "ab")  # noqa: SIM115 - handed to the child
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kyodo.node", str(node.home)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=node.home,
+        )
+        log.close()
+        (node.home / "node.pid").write_text(str(process.pid))
+        return process.pid
+
+    def stop(self, node: NodeEntry, *, kill: bool = False, timeout_s: float = 10.0) -> bool:
+        """Stop a node (SIGTERM, then SIGKILL after ``timeout_s``; SIGKILL at once if ``kill``)."""
+        pid = self.pid(node)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.02)
+        return True
+
+    # -- clients ---------------------------------------------------------------------
+
+    def user(self, org: str, name: str = "user1") -> UserCredentials:
+        """Credentials of a user of ``org``."""
+        org_dir = self.folder / "orgs" / org
+        if not org_dir.exists():
+            raise KyodoError(f"no organization {org!r}; orgs: {', '.join(self.orgs)}",
+                             code="not_found")
+        return load_user(org_dir / "users" / name,
+                         passphrase=(org_dir / "passphrase").read_bytes().strip(),
+                         chain_id=self.chain_id, ca_bundle=self.folder / "ca-bundle.pem")
+
+    def gateway(self, org: str, user: str = "user1", *, node: NodeEntry | None = None,
+                retries: int = 3, timeout_s: float = 30.0) -> Gateway:
+        """A gateway connection to a node of ``org`` as ``user``."""
+        target = node or self.node(org)
+        return self.user(org, user).connect(target.gateway, retries=retries, timeout_s=timeout_s)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,64 @@
+"""Typed errors the SDK raises; each carries the gateway's stable ``code``."""
+
+from __future__ import annotations
+
+
+class KyodoError(Exception):
+    """Base class of every error the SDK raises.
+
+    Attributes:
+        code: the gateway's stable error code (see docs/errors.md).
+    """
+
+    def __init__(self, message: str, *, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransactionRejected(KyodoError):
+    """The transaction was refused before ordering (``code`` is ``rejected.<reason>``).
+
+    Attributes:
+        reason: ``duplicate``, ``bad_signature``, ``unknown_identity``, ``expired``,
+            ``malformed``, ``too_large``, ``wrong_chain`` or ``busy``.
+    """
+
+    @property
+    def reason(self) -> str:
+        """The part of the code after ``rejected.``."""
+        return self.code.partition(".")[2]
+
+
+class ContractFailed(KyodoError):
+    """The contract refused the call; the message is the contract's.
+
+    Attributes:
+        tx_id: hex id of the transaction (None for a query).
+        height: block the failed transaction was recorded in (None for a query).
+    """
+
+    def __init__(self, message: str, *, code: str = "contract_error", tx_id: str | None = None,
+                 height: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.tx_id = tx_id
+        self.height = height
+
+
+class NotFound(KyodoError):
+    """The block, transaction, contract or function does not exist."""
+
+
+class NotFinal(KyodoError):
+    """The transaction was accepted but not final within the wait; poll its status."""
+
+    def __init__(self, message: str, *, tx_id: str) -> None:
+        super().__init__(message, code="timeout")
+        self.tx_id = tx_id
+
+
+class Unauthenticated(KyodoError):
+    """The gateway refused the caller's certificate."""
+
+
+class Unavailable(KyodoError):
+    """The gateway could not be reached (after retries)."""

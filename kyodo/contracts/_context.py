@@ -1,0 +1,187 @@
+"""The execution context a contract function sees, and the block executor.
+
+Theory of operation
+-------------------
+Transactions of a block execute one after another, in block order, against
+the committed state plus the writes of the block's earlier transactions (the
+*block overlay*). Each transaction writes into its own *transaction overlay*;
+if the function returns, its overlay is merged into the block overlay; if it
+raises, the overlay is dropped and the failure is recorded as the result.
+Order-execute means there are no read/write conflicts to detect: every
+validator sees exactly the same sequence (DESIGN.md section 2).
+
+Determinism: the context gives the block's timestamp (set by the proposer),
+never the clock; ``range`` iterates in sorted key order; values are canonical
+(no floats). Sandboxing and metering of contract code come with issue 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kyodo.codec import EncodeError, encode_value
+from kyodo.contracts.errors import ContractError
+from kyodo.ledger import Event, HistoryEntry, StateEntry, encode_state_key
+
+__all__ = ["Caller", "Context", "StateReader", "TxOverlay"]
+
+_DELETED = object()
+MAX_VALUE_BYTES = 256 * 1024
+MAX_KEY_CHARS = 512
+
+
+class StateReader(Protocol):
+    """Committed state, as a contract may read it."""
+
+    def get_state(self, namespace: str, key: str) -> StateEntry | None: ...
+
+    def iter_state(
+        self, namespace: str, start: str = "", end: str | None = None
+    ) -> Iterator[tuple[str, StateEntry]]: ...
+
+    def get_history(self, namespace: str, key: str, *, limit: int = 1000) -> list[HistoryEntry]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """Who submitted the transaction (from its verified certificate)."""
+
+    org: str
+    role: str
+    name: str
+
+    @property
+    def identity(self) -> str:
+        """``org/name``: the enrollment identity assets are bound to."""
+        return f"{self.org}/{self.name}"
+
+
+class TxOverlay:
+    """Writes of one block (and, nested, of one transaction) over committed state."""
+
+    def __init__(self, parent: StateReader | TxOverlay) -> None:
+        self.parent = parent
+        self.writes: dict[bytes, Any] = {}
+
+    def lookup(self, state_key: bytes, namespace: str, key: str) -> Any:
+        """The value as this overlay sees it (None if absent)."""
+        value = self.writes.get(state_key, None)
+        if state_key in self.writes:
+            return None if value is _DELETED else value
+        if isinstance(self.parent, TxOverlay):
+            return self.parent.lookup(state_key, namespace, key)
+        entry = self.parent.get_state(namespace, key)
+        return None if entry is None else entry.value
+
+    def merged_keys(self, namespace: str, start: str, end: str | None) -> dict[str, Any]:
+        """Every key of namespace in [start, end) as this overlay sees it."""
+        if isinstance(self.parent, TxOverlay):
+            view = self.parent.merged_keys(namespace, start, end)
+        else:
+            view = {k: e.value for k, e in self.parent.iter_state(namespace, start, end)}
+        prefix = namespace.encode() + b"\x00"
+        for state_key, value in self.writes.items():
+            if not state_key.startswith(prefix):
+                continue
+            key = state_key[len(prefix) :].decode()
+            if key < start or (end is not None and key >= end):
+                continue
+            if value is _DELETED:
+                view.pop(key, None)
+            else:
+                view[key] = value
+        return view
+
+    def committed(self) -> StateReader:
+        """The committed state under all overlays."""
+        parent = self.parent
+        return parent.committed() if isinstance(parent, TxOverlay) else parent
+
+
+class Context:
+    """What a contract function may do: read and write its state, emit events."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        overlay: TxOverlay,
+        caller: Caller,
+        block_time_ms: int,
+        height: int,
+        tx_id: bytes,
+        invoke: Callable[[str, str, tuple[Any, ...]], Any] | None = None,
+    ) -> None:
+        self._namespace = namespace
+        self._overlay = overlay
+        self._events: list[Event] = []
+        self.caller = caller
+        self.block_time = block_time_ms
+        """The block's timestamp in ms since the epoch (the same on every node)."""
+        self.height = height
+        self.tx_id = tx_id.hex()
+        self._invoke = invoke
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """Events emitted so far."""
+        return tuple(self._events)
+
+    def _state_key(self, key: str) -> bytes:
+        if not isinstance(key, str) or not key or "\x00" in key or len(key) > MAX_KEY_CHARS:
+            raise ContractError(f"invalid key {key!r}: a non-empty string without NUL")
+        return encode_state_key(self._namespace, key)
+
+    def get(self, key: str) -> Any:
+        """The value of ``key``, or None if absent."""
+        return self._overlay.lookup(self._state_key(key), self._namespace, key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Set ``key`` to ``value`` (a canonical value: no floats, not None)."""
+        if value is None:
+            raise ContractError("cannot store None; use delete()")
+        try:
+            size = len(encode_value(value))
+        except EncodeError as exc:
+            raise ContractError(f"value for {key!r} is not storable: {exc}") from exc
+        if size > MAX_VALUE_BYTES:
+            raise ContractError(f"value for {key!r} is {size} bytes, over {MAX_VALUE_BYTES}")
+        self._overlay.writes[self._state_key(key)] = value
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error if absent)."""
+        self._overlay.writes[self._state_key(key)] = _DELETED
+
+    def range(self, start: str = "", end: str | None = None) -> list[tuple[str, Any]]:
+        """Keys in [start, end), sorted, with their values."""
+        view = self._overlay.merged_keys(self._namespace, start, end)
+        return sorted(view.items())
+
+    def prefix(self, prefix: str) -> list[tuple[str, Any]]:
+        """Keys starting with ``prefix``, sorted, with their values."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+        return self.range(prefix, end)
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        """Committed writes of ``key``, oldest first (this block's are not included)."""
+        self._state_key(key)
+        return self._overlay.committed().get_history(self._namespace, key)
+
+    def emit(self, name: str, payload: Any = None) -> None:
+        """Record an event; delivered to subscribers once the block is appended."""
+        try:
+            encode_value(payload)
+        except EncodeError as exc:
+            raise ContractError(f"event payload is not encodable: {exc}") from exc
+        self._events.append(Event(contract=self._namespace, name=name, payload=payload))
+
+    def invoke(self, contract: str, function: str, *args: Any) -> Any:
+        """Call another contract's function within this transaction."""
+        if self._invoke is None:
+            raise ContractError("invoke is not available here")
+        return self._invoke(contract, function, args)
+
+
+DELETED = _DELETED

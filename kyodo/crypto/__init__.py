@@ -1,0 +1,65 @@
+"""Hashing, signatures, Merkle trees and encrypted key files."""
+
+from kyodo.crypto._hash import HASH_SIZE, ZERO_HASH, sha256
+from kyodo.crypto._keys import (
+    ECDSA_P256,
+    ED25519,
+    KEY_FILE_FORMAT,
+    EcdsaP256Signer,
+    Ed25519Signer,
+    PrivateKey,
+    Signer,
+    load_private_key,
+    read_passphrase,
+    save_private_key,
+    verify_signature,
+)
+from kyodo.crypto._merkle import (
+    compute_consistency_proof,
+    compute_inclusion_proof,
+    hash_children,
+    hash_leaf,
+    merkle_root,
+    merkle_root_of_hashes,
+    verify_consistency,
+    verify_inclusion,
+    verify_inclusion_hash,
+)
+from kyodo.crypto.errors import (
+    CryptoError,
+    InvalidSignatureError,
+    KeyFileError,
+    MerkleProofError,
+    UnsupportedKeyError,
+)
+
+__all__ = [
+    "ECDSA_P256",
+    "ED25519",
+    "HASH_SIZE",
+    "KEY_FILE_FORMAT",
+    "ZERO_HASH",
+    "CryptoError",
+    "EcdsaP256Signer",
+    "Ed25519Signer",
+    "InvalidSignatureError",
+    "KeyFileError",
+    "MerkleProofError",
+    "PrivateKey",
+    "Signer",
+    "UnsupportedKeyError",
+    "compute_consistency_proof",
+    "compute_inclusion_proof",
+    "hash_children",
+    "hash_leaf",
+    "load_private_key",
+    "merkle_root",
+    "merkle_root_of_hashes",
+    "read_passphrase",
+    "save_private_key",
+    "sha256",
+    "verify_consistency",
+    "verify_inclusion",
+    "verify_inclusion_hash",
+    "verify_signature",
+]

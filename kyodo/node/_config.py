@@ -1,0 +1,49 @@
+"""A node's local configuration (``node.json`` in the node's home folder).
+
+Paths are relative to the home folder. Secrets are not in this file: the
+key passphrase is named by a source (``file:PATH``, ``env:VAR`` or
+``prompt``), read at start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["NodeConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Where a node listens and finds its keys, store and genesis block."""
+
+    node_id: str
+    org_id: str
+    listen_host: str
+    p2p_port: int
+    gateway_port: int
+    metrics_port: int
+    data_dir: str = "data"
+    genesis: str = "genesis.block"
+    signing_cert: str = "signing.pem"
+    signing_key: str = "signing.key"
+    tls_cert: str = "tls.pem"
+    tls_key: str = "tls.key"
+    passphrase: str = "file:passphrase"
+    max_frame_bytes: int = 32 * 1024 * 1024
+    tick_ms: int = 10
+    submit_wait_max_ms: int = 60_000
+
+    @classmethod
+    def load(cls, home: Path) -> NodeConfig:
+        """Read ``home/node.json``."""
+        return cls(**json.loads((home / "node.json").read_text()))
+
+    def save(self, home: Path) -> None:
+        """Write ``home/node.json``."""
+        (home / "node.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def resolve(self, home: Path, relative: str) -> Path:
+        """A configured path, relative to ``home``."""
+        return (home / relative).resolve()

@@ -1,0 +1,30 @@
+"""Prometheus metrics of a node (served on its metrics port at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+__all__ = ["NodeMetrics"]
+
+
+class NodeMetrics:
+    """The node's metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.height = Gauge("kyodo_block_height", "Height of the last appended block", registry=r)
+        self.peers = Gauge("kyodo_peers_connected", "Peers with an open stream", registry=r)
+        self.txs_committed = Counter("kyodo_txs_committed", "Transactions appended", registry=r)
+        self.txs_rejected = Counter("kyodo_txs_rejected", "Transactions refused at the gateway",
+                                    ["reason"], registry=r)
+        self.blocks_rejected = Counter("kyodo_blocks_rejected",
+                                       "Peer blocks that failed verification", ["reason"],
+                                       registry=r)
+        self.messages_rejected = Counter("kyodo_peer_messages_rejected",
+                                         "Peer messages refused", ["reason"], registry=r)
+
+    def start_server(self, host: str, port: int) -> None:
+        """Serve /metrics on ``host:port`` (a daemon thread)."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)

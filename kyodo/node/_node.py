@@ -1,0 +1,619 @@
+"""The node process: the one place that wires the components together.
+
+Theory of operation
+-------------------
+One asyncio loop owns the network (p2p streams, the gRPC gateway, timers)
+and the consensus state machine. One *ledger thread* owns the store: block
+building, verification with re-execution, and appends run there, one at a
+time, never on the loop (DESIGN.md section 4). Reads for clients and peers
+(RocksDB reads are thread-safe) run on a small reader pool.
+
+The consensus core returns actions; :meth:`Node._apply` carries them out
+and feeds the outcome back as events. Clients waiting for finality are
+woken when the block holding their transaction is appended locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+import kyodo
+from kyodo.codec import DecodeError, decode, encode
+from kyodo.consensus import (
+    Action,
+    AppendPeerBlock,
+    BlockMessage,
+    Broadcast,
+    ForwardTx,
+    ProposeBlock,
+    RequestSync,
+    Send,
+    SingleLeader,
+    StatusMessage,
+    SyncRequest,
+    SyncResponse,
+)
+from kyodo.contracts import BUILTIN_CONTRACTS, Executor
+from kyodo.crypto import Ed25519Signer, load_private_key, read_passphrase, sha256
+from kyodo.gateway import GatewayServer
+from kyodo.identity import Membership, fingerprint, load_certificate
+from kyodo.ledger import (
+    Block,
+    BlockHeader,
+    BlockVerificationError,
+    CheckedTx,
+    CommitSignature,
+    LedgerError,
+    LedgerStore,
+    NetworkConfig,
+    TransactionRejectedError,
+    TxEnvelope,
+    check_envelope,
+    commit_message,
+    compute_results_root,
+    compute_txs_root,
+    load_genesis,
+    prepare_state,
+    verify_block_contents,
+    verify_certificate,
+    verify_link,
+)
+from kyodo.node._config import NodeConfig
+from kyodo.node._metrics import NodeMetrics
+from kyodo.p2p import PeerAddress, PeerNetwork, client_context, server_context
+from kyodo.wire import (
+    EvaluateResponse,
+    NodeStatus,
+    TxResponse,
+    TxStatus,
+    TxStatusResponse,
+)
+
+__all__ = ["Node", "run_node"]
+
+log = structlog.get_logger("kyodo.node")
+T = TypeVar("T")
+_SYNC_MAX_BYTES = 16 * 1024 * 1024
+_RECENT_TXS = 100_000
+
+
+def now_ms() -> int:
+    """Wall clock in ms (the shell's only clock; the core gets it as an argument)."""
+    return time.time_ns() // 1_000_000
+
+
+class Node:
+    """One Kyodo node: ledger, consensus, p2p and gateway in one process."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.cfg = NodeConfig.load(home)
+        passphrase = read_passphrase(_relative_source(self.cfg.passphrase, home))
+        signing_key = load_private_key(self.cfg.resolve(home, self.cfg.signing_key), passphrase)
+        tls_key = load_private_key(self.cfg.resolve(home, self.cfg.tls_key), passphrase)
+        assert isinstance(signing_key, ed25519.Ed25519PrivateKey)
+        assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+        self._signer = Ed25519Signer(signing_key)
+        self._tls_key = tls_key
+        self._tls_cert_pem = self.cfg.resolve(home, self.cfg.tls_cert).read_bytes()
+        self.genesis = load_genesis(self.cfg.resolve(home, self.cfg.genesis))
+        assert self.genesis.config is not None
+        self.config: NetworkConfig = self.genesis.config
+        self.chain_id = self.config.chain_id
+        self.membership = Membership({o.org_id: o.ca_cert_pem for o in self.config.orgs})
+        me = self.config.node(self.cfg.node_id)
+        if me is None:
+            raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
+        self.org_id = me.org_id
+        self._signer_keys = {
+            n.node_id: self.membership.validate(n.signing_cert, now=_utc(self.config.created_ms)).public_key
+            for n in self.config.nodes
+        }
+        if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
+            raise LedgerError("the signing key does not match this node's certificate")
+        self.executor = Executor(BUILTIN_CONTRACTS)
+        self.metrics = NodeMetrics()
+        self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
+        self.store: LedgerStore
+        self.consensus: SingleLeader
+        self.p2p: PeerNetwork
+        self.gateway: GatewayServer
+        self._waiters: dict[bytes, list[asyncio.Future[TxStatusResponse]]] = {}
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._ready = False
+        self._last_error = ""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open the store, start serving, run until SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.store = await self._in_ledger(self._open_store)
+        height = self.store.height()
+        assert height is not None
+        validators = tuple(n.node_id for n in self.config.validators())
+        self.consensus = SingleLeader(
+            node_id=self.cfg.node_id, validators=validators, params=self.config.consensus,
+            height=height,
+        )
+        self.metrics.height.set(height)
+        await self._start_network()
+        self._ready = True
+        log.info("node_ready", node=self.cfg.node_id, height=height,
+                 leader=self.consensus.leader(), gateway=self.cfg.gateway_port)
+        ticker = asyncio.create_task(self._tick_loop())
+        await self._stopping.wait()
+        log.info("node_stopping", node=self.cfg.node_id)
+        ticker.cancel()
+        await self.gateway.stop(0.5)
+        await self.p2p.stop()
+        await self._in_ledger(self.store.close)
+        self._ledger_thread.shutdown()
+        self._readers.shutdown()
+
+    def _open_store(self) -> LedgerStore:
+        store = LedgerStore(self.cfg.resolve(self.home, self.cfg.data_dir))
+        if store.height() is None:
+            empty = prepare_state(store, store.state_root(), 0, {}, [])
+            store.append_block(self.genesis, state_records={}, history=[],
+                               tree_update=empty.tree_update)
+        if store.genesis_hash() != self.genesis.block_hash():
+            raise LedgerError("the store belongs to another network (genesis hash differs)")
+        self._check_tip(store)
+        return store
+
+    def _check_tip(self, store: LedgerStore) -> None:
+        """Start-up check: the tip decodes, links, and certifies the stored state root."""
+        height = store.height()
+        assert height is not None
+        tip = store.get_block(height)
+        if tip is None or tip.block_hash() != store.tip_hash():
+            raise LedgerError(f"stored tip at height {height} does not match its recorded hash")
+        if tip.header.state_root != store.state_root():
+            raise LedgerError(f"state root differs from the certified root of block {height}")
+        if height > 0:
+            parent = store.get_block(height - 1)
+            assert parent is not None
+            verify_link(tip.header, parent.header)
+
+    async def _start_network(self) -> None:
+        ca_pems = [o.ca_cert_pem for o in self.config.orgs]
+        peers = [
+            PeerAddress(
+                node_id=n.node_id, host=n.host, port=n.p2p_port,
+                tls_fingerprint=fingerprint(load_certificate(n.tls_cert_pem).public_bytes(
+                    serialization.Encoding.DER)),
+            )
+            for n in self.config.nodes
+        ]
+        self.p2p = PeerNetwork(
+            node_id=self.cfg.node_id, listen_host=self.cfg.listen_host,
+            listen_port=self.cfg.p2p_port, peers=peers,
+            server_ssl=server_context(ca_pems, self._tls_cert_pem, self._tls_key),
+            client_ssl=client_context(ca_pems, self._tls_cert_pem, self._tls_key),
+            on_frame=self._on_frame, on_connected=self._on_connected,
+            max_frame_bytes=self.cfg.max_frame_bytes,
+        )
+        await self.p2p.start()
+        org = next(o for o in self.config.orgs if o.org_id == self.org_id)
+        key_pem = self._tls_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # held in memory only, handed to gRPC's TLS stack
+        self.gateway = GatewayServer(
+            backend=self, org_ca_pem=org.ca_cert_pem, all_ca_pems=ca_pems,
+            cert_pem=self._tls_cert_pem, key_pem=key_pem, host=self.cfg.listen_host,
+            port=self.cfg.gateway_port,
+        )
+        await self.gateway.start()
+        self.metrics.start_server(self.cfg.listen_host, self.cfg.metrics_port)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.tick_ms / 1000)
+            self._apply(self.consensus.on_tick(now_ms()))
+            self.metrics.peers.set(len(self.p2p.connected()))
+
+    async def _in_ledger(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._ledger_thread, fn, *args)
+
+    async def _in_reader(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- consensus actions -----------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.p2p.send(action.to, encode(action.message))
+            elif isinstance(action, Broadcast):
+                self.p2p.broadcast(encode(action.message))
+            elif isinstance(action, ProposeBlock):
+                self._spawn(self._propose(action.txs))
+            elif isinstance(action, AppendPeerBlock):
+                self._spawn(self._append_peer_block(action.block, action.sender))
+            elif isinstance(action, RequestSync):
+                request = SyncRequest(from_height=action.from_height, max_blocks=64)
+                self.p2p.send(action.peer, encode(request))
+            else:
+                raise AssertionError(f"unknown action {action!r}")
+
+    async def _propose(self, txs: tuple[TxEnvelope, ...]) -> None:
+        try:
+            block, dropped = await self._in_ledger(self._build_block, txs, now_ms())
+        except Exception:
+            log.exception("proposal_failed")
+            self._apply(self.consensus.on_proposal_failed(now_ms()))
+            return
+        self.consensus.drop_requests(dropped)
+        if block is None:
+            self._apply(self.consensus.on_proposal_failed(now_ms()))
+            return
+        self._on_appended(block)
+
+    async def _append_peer_block(self, block: Block, sender: str) -> None:
+        try:
+            await self._in_ledger(self._verify_and_append, block)
+        except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
+            self.metrics.blocks_rejected.labels(getattr(exc, "reason", "invalid")).inc()
+            self._last_error = f"rejected block {block.header.height} from {sender}: {exc}"
+            log.warning("block_rejected", height=block.header.height, sender=sender,
+                        error=type(exc).__name__, reason=getattr(exc, "reason", ""),
+                        detail=str(exc))
+            self._apply(self.consensus.on_block_rejected(block, sender, now_ms()))
+            return
+        self._on_appended(block)
+
+    def _on_appended(self, block: Block) -> None:
+        height = block.header.height
+        self.metrics.height.set(height)
+        self.metrics.txs_committed.inc(len(block.txs))
+        for index, (envelope, result) in enumerate(zip(block.txs, block.results, strict=True)):
+            tx_id = envelope.tx_id()
+            self._recent.pop(tx_id, None)
+            for waiter in self._waiters.pop(tx_id, []):
+                if not waiter.done():
+                    waiter.set_result(_final(tx_id, height, index, result.status,
+                                             result.result, result.message))
+        self._apply(self.consensus.on_block_appended(block, now_ms()))
+
+    # -- ledger thread: build, verify, append ----------------------------------------
+
+    def _check_batch(self, txs: tuple[TxEnvelope, ...], block_time: int,
+                     ) -> tuple[list[CheckedTx], list[bytes]]:
+        checked: list[CheckedTx] = []
+        dropped: list[bytes] = []
+        seen: set[bytes] = set()
+        for envelope in txs:
+            try:
+                tx = check_envelope(
+                    envelope, membership=self.membership, chain_id=self.chain_id,
+                    now_ms=block_time, max_age_ms=self.config.consensus.tx_max_age_ms,
+                )
+            except TransactionRejectedError as exc:
+                log.info("tx_dropped_at_ordering", tx=envelope.tx_id().hex(), reason=exc.reason)
+                dropped.append(envelope.tx_id())
+                continue
+            if tx.tx_id in seen or self.store.get_tx_location(tx.tx_id) is not None:
+                dropped.append(tx.tx_id)
+                continue
+            seen.add(tx.tx_id)
+            checked.append(tx)
+        return checked, dropped
+
+    def _build_block(self, txs: tuple[TxEnvelope, ...], now: int,
+                     ) -> tuple[Block | None, list[bytes]]:
+        store = self.store
+        height = store.height()
+        assert height is not None
+        parent = store.get_block(height)
+        assert parent is not None
+        block_time = max(now, parent.header.timestamp_ms)
+        checked, dropped = self._check_batch(txs, block_time)
+        if not checked:
+            return None, dropped
+        execution = self.executor.execute_block(store, checked, height=height + 1,
+                                                block_time_ms=block_time)
+        prepared = prepare_state(store, store.state_root(), height + 1, execution.writes,
+                                 execution.history)
+        envelopes = tuple(c.envelope for c in checked)
+        header = BlockHeader(
+            chain_id=self.chain_id, height=height + 1, prev_hash=parent.block_hash(),
+            txs_root=compute_txs_root(envelopes),
+            results_root=compute_results_root(execution.results),
+            state_root=prepared.tree_update.root, timestamp_ms=block_time,
+            proposer=self.cfg.node_id, epoch=0, config_hash=bytes(32),
+        )
+        signature = self._signer.sign(commit_message(self.chain_id, header.block_hash()))
+        block = Block(
+            header=header, txs=envelopes, results=execution.results,
+            certificate=(CommitSignature(signer=self.cfg.node_id, signature=signature),),
+            config=None,
+        )
+        store.append_block(block, state_records=prepared.state_records,
+                           history=prepared.history, tree_update=prepared.tree_update)
+        return block, dropped
+
+    def _verify_and_append(self, block: Block) -> None:
+        """Verify a peer's block completely, then append it; raise if it does not verify."""
+        store = self.store
+        header = block.header
+        height = store.height()
+        assert height is not None and header.height == height + 1
+        parent = store.get_block(height)
+        assert parent is not None
+        verify_link(header, parent.header)
+        if header.proposer != self.consensus.leader() or block.config is not None:
+            raise BlockVerificationError(
+                f"proposed by {header.proposer}, not the leader {self.consensus.leader()}",
+                height=header.height, reason="proposer",
+            )
+        verify_certificate(header, block.certificate, config=self.config,
+                           signer_keys=self._signer_keys, quorum=1)
+        if {c.signer for c in block.certificate} != {header.proposer}:
+            raise BlockVerificationError("certificate is not the proposer's signature",
+                                         height=header.height, reason="certificate")
+        verify_block_contents(block)
+        checked, dropped = self._check_batch(block.txs, header.timestamp_ms)
+        if dropped:
+            raise BlockVerificationError(
+                f"block carries {len(dropped)} invalid or duplicate transactions "
+                f"(first {dropped[0].hex()})",
+                height=header.height, reason="invalid_tx",
+            )
+        execution = self.executor.execute_block(store, checked, height=header.height,
+                                                block_time_ms=header.timestamp_ms)
+        if compute_results_root(execution.results) != header.results_root:
+            raise BlockVerificationError("re-execution gives different results",
+                                         height=header.height, reason="results")
+        prepared = prepare_state(store, store.state_root(), header.height, execution.writes,
+                                 execution.history)
+        if prepared.tree_update.root != header.state_root:
+            raise BlockVerificationError(
+                f"re-execution gives state root {prepared.tree_update.root.hex()}, "
+                f"block says {header.state_root.hex()}",
+                height=header.height, reason="state_root",
+            )
+        store.append_block(block, state_records=prepared.state_records,
+                           history=prepared.history, tree_update=prepared.tree_update)
+
+    # -- p2p -------------------------------------------------------------------------
+
+    def _on_connected(self, peer: str) -> None:
+        self._apply(self.consensus.on_peer_connected(peer, now_ms()))
+
+    def _on_frame(self, peer: str, payload: bytes) -> None:
+        try:
+            message = decode(payload, max_size=self.cfg.max_frame_bytes)
+        except DecodeError as exc:
+            self.metrics.messages_rejected.labels("malformed").inc()
+            log.warning("peer_message_rejected", peer=peer, error=type(exc).__name__,
+                        detail=str(exc)[:200])
+            return
+        if isinstance(message, ForwardTx):
+            self._spawn(self._on_forwarded(message.envelope, peer))
+        elif isinstance(message, SyncRequest):
+            self._spawn(self._serve_sync(peer, message))
+        elif isinstance(message, BlockMessage | SyncResponse | StatusMessage):
+            self._apply(self.consensus.on_message(peer, message, now_ms()))
+        else:
+            self.metrics.messages_rejected.labels("unexpected").inc()
+            log.warning("peer_message_rejected", peer=peer, error="UnexpectedMessage",
+                        detail=type(message).__name__)
+
+    async def _on_forwarded(self, envelope: TxEnvelope, peer: str) -> None:
+        try:
+            checked = await self._admit(envelope)
+        except TransactionRejectedError as exc:
+            log.info("forwarded_tx_rejected", peer=peer, reason=exc.reason)
+            return
+        self._apply(self.consensus.on_request(envelope, checked.tx_id, now_ms()))
+
+    async def _serve_sync(self, peer: str, request: SyncRequest) -> None:
+        def read() -> list[Block]:
+            blocks: list[Block] = []
+            size = 0
+            for height in range(request.from_height,
+                                request.from_height + min(request.max_blocks, 256)):
+                raw = self.store.get_block_bytes(height)
+                if raw is None or size + len(raw) > _SYNC_MAX_BYTES:
+                    break
+                block = self.store.get_block(height)
+                assert block is not None
+                blocks.append(block)
+                size += len(raw)
+            return blocks
+
+        try:
+            blocks = await self._in_reader(read)
+        except LedgerError as exc:
+            log.error("sync_read_failed", peer=peer, detail=str(exc))
+            return
+        if blocks:
+            self.p2p.send(peer, encode(SyncResponse(blocks=tuple(blocks))))
+
+    # -- gateway backend -------------------------------------------------------------
+
+    async def _admit(self, envelope: TxEnvelope) -> CheckedTx:
+        """Check a transaction for ordering (signature, creator, freshness, replay)."""
+        checked = check_envelope(
+            envelope, membership=self.membership, chain_id=self.chain_id, now_ms=now_ms(),
+            max_age_ms=self.config.consensus.tx_max_age_ms,
+        )
+        tx_id = checked.tx_id
+        if tx_id in self._recent or self.consensus.contains(tx_id):
+            raise TransactionRejectedError(
+                f"transaction {tx_id.hex()} was already submitted", reason="duplicate")
+        location = await self._in_reader(self.store.get_tx_location, tx_id)
+        if location is not None:
+            raise TransactionRejectedError(
+                f"transaction {tx_id.hex()} is already in block {location[0]}",
+                reason="duplicate")
+        if self.consensus.is_pool_full():
+            raise TransactionRejectedError("the request pool is full; retry later", reason="busy")
+        self._recent[tx_id] = now_ms()
+        while len(self._recent) > _RECENT_TXS:
+            self._recent.popitem(last=False)
+        return checked
+
+    async def submit(self, envelope: TxEnvelope, wait_ms: int) -> TxStatusResponse:
+        """Admit a transaction for ordering; wait up to ``wait_ms`` for finality."""
+        try:
+            checked = await self._admit(envelope)
+        except TransactionRejectedError as exc:
+            self.metrics.txs_rejected.labels(exc.reason).inc()
+            raise
+        tx_id = checked.tx_id
+        waiter: asyncio.Future[TxStatusResponse] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tx_id, []).append(waiter)
+        self._apply(self.consensus.on_request(envelope, tx_id, now_ms()))
+        return await self._wait(tx_id, waiter, wait_ms)
+
+    async def _wait(self, tx_id: bytes, waiter: asyncio.Future[TxStatusResponse],
+                    wait_ms: int) -> TxStatusResponse:
+        try:
+            timeout = min(max(wait_ms, 0), self.cfg.submit_wait_max_ms) / 1000
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return TxStatusResponse(tx_id=tx_id, state="pending", height=-1, tx_index=-1,
+                                    status=-1, result=None, message="not final yet")
+        finally:
+            waiters = self._waiters.get(tx_id)
+            if waiters is not None and waiter.done() is False:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(tx_id, None)
+
+    async def evaluate(self, envelope: TxEnvelope) -> EvaluateResponse:
+        """Run a query against committed state (nothing is written)."""
+        checked = check_envelope(
+            envelope, membership=self.membership, chain_id=self.chain_id, now_ms=now_ms(),
+            max_age_ms=self.config.consensus.tx_max_age_ms,
+        )
+
+        def run() -> EvaluateResponse:
+            height = self.store.height()
+            assert height is not None
+            result = self.executor.evaluate(self.store, checked, height=height,
+                                            block_time_ms=now_ms())
+            return EvaluateResponse(result=result, height=height)
+
+        return await self._in_reader(run)  # type: ignore[no-any-return]
+
+    async def tx_status(self, tx_id: bytes, wait_ms: int) -> TxStatusResponse:
+        """Where a transaction stands; waits for finality if pending."""
+        found = await self.get_tx(tx_id)
+        if found is not None:
+            return _final(tx_id, found.height, found.tx_index, found.status, found.result,
+                          found.message)
+        if tx_id not in self._recent and not self.consensus.contains(tx_id):
+            return TxStatusResponse(tx_id=tx_id, state="unknown", height=-1, tx_index=-1,
+                                    status=-1, result=None, message="not known to this node")
+        waiter: asyncio.Future[TxStatusResponse] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tx_id, []).append(waiter)
+        return await self._wait(tx_id, waiter, wait_ms)
+
+    async def get_block(self, height: int) -> bytes | None:
+        """Canonical bytes of a block (-1: the tip)."""
+
+        def read() -> bytes | None:
+            tip = self.store.height()
+            assert tip is not None
+            return self.store.get_block_bytes(tip if height < 0 else height)
+
+        return await self._in_reader(read)  # type: ignore[no-any-return]
+
+    async def get_tx(self, tx_id: bytes) -> TxResponse | None:
+        """A committed transaction with its result."""
+
+        def read() -> TxResponse | None:
+            location = self.store.get_tx_location(tx_id)
+            if location is None:
+                return None
+            block = self.store.get_block(location[0])
+            assert block is not None
+            envelope, result = block.txs[location[1]], block.results[location[1]]
+            return TxResponse(envelope=envelope, height=location[0], tx_index=location[1],
+                              status=result.status, result=result.result,
+                              message=result.message)
+
+        return await self._in_reader(read)  # type: ignore[no-any-return]
+
+    def status(self) -> NodeStatus:
+        """This node's view of itself."""
+        height = self.store.height()
+        connected = tuple(self.p2p.connected())
+        expected = len(self.config.nodes) - 1
+        healthy = self._ready and len(connected) == expected
+        detail = "ok" if healthy else f"{len(connected)}/{expected} peers connected"
+        if self._last_error:
+            detail += f"; last error: {self._last_error}"
+        return NodeStatus(
+            node_id=self.cfg.node_id, org_id=self.org_id,
+            role="leader" if self.consensus.is_leader() else "follower",
+            height=-1 if height is None else height, tip_hash=self.store.tip_hash(),
+            state_root=self.store.state_root(), peers_connected=connected, healthy=healthy,
+            detail=detail, version=kyodo.__version__, chain_id=self.chain_id,
+        )
+
+
+def _final(tx_id: bytes, height: int, index: int, status: int, result: Any,
+           message: str) -> TxStatusResponse:
+    return TxStatusResponse(tx_id=tx_id, state="final", height=height, tx_index=index,
+                            status=status, result=result, message=message)
+
+
+def _utc(ms: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _relative_source(source: str, home: Path) -> str:
+    kind, _, where = source.partition(":")
+    if kind == "file" and not os.path.isabs(where):
+        return f"file:{home / where}"
+    return source
+
+
+def run_node(home: Path) -> None:
+    """Run the node whose home folder is ``home`` until it is told to stop."""
+    _configure_logging()
+    node = Node(home)
+    asyncio.run(node.run())
+
+
+def _configure_logging() -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+

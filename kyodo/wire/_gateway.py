@@ -1,0 +1,147 @@
+"""Requests and responses of the gateway service (gRPC, canonical CBOR bodies).
+
+Each gateway method takes one record and returns one record; both are
+encoded with :mod:`kyodo.codec`. A refused call returns a gRPC status whose
+details are an :class:`ErrorBody`, so the SDK can raise a typed error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kyodo.codec import record
+from kyodo.wire._tx import TxEnvelope
+
+__all__ = [
+    "GATEWAY_SERVICE",
+    "MAX_REQUEST_BYTES",
+    "BlockRequest",
+    "BlockResponse",
+    "ErrorBody",
+    "EvaluateResponse",
+    "NodeStatus",
+    "StatusRequest",
+    "SubmitRequest",
+    "TxRequest",
+    "TxResponse",
+    "TxStatusResponse",
+]
+
+GATEWAY_SERVICE = "kyodo.v1.Gateway"
+MAX_REQUEST_BYTES = 1024 * 1024
+"""Largest request body a gateway accepts."""
+
+
+@record(50)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitRequest:
+    """Order a signed transaction; optionally wait until it is final."""
+
+    envelope: TxEnvelope
+    wait_ms: int
+    """How long to wait for finality (0: return once accepted for ordering)."""
+
+
+@record(51)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxStatusResponse:
+    """Where a transaction stands."""
+
+    tx_id: bytes
+    state: str
+    """``final`` (in a block), ``pending`` (accepted, not yet final) or ``unknown``."""
+    height: int
+    """Block height when final, else -1."""
+    tx_index: int
+    status: int
+    """A TxStatus when final (0 = OK), else -1."""
+    result: Any
+    message: str
+
+
+@record(52)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    """Ask where a transaction stands, optionally waiting for finality."""
+
+    tx_id: bytes
+    wait_ms: int
+
+
+@record(53)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluateResponse:
+    """The result of a query (nothing was written)."""
+
+    result: Any
+    height: int
+    """The committed height the query read."""
+
+
+@record(54)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockRequest:
+    """Fetch a block; height -1 means the tip."""
+
+    height: int
+
+
+@record(55)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockResponse:
+    """A block's canonical bytes (decode with kyodo.ledger.Block)."""
+
+    block: bytes
+
+
+@record(56)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxRequest:
+    """Fetch a committed transaction by id."""
+
+    tx_id: bytes
+
+
+@record(57)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxResponse:
+    """A committed transaction with its result and position."""
+
+    envelope: TxEnvelope
+    height: int
+    tx_index: int
+    status: int
+    result: Any
+    message: str
+
+
+@record(58)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    """A node's view of itself."""
+
+    node_id: str
+    org_id: str
+    role: str
+    """``leader`` or ``follower`` (validators), per the current consensus."""
+    height: int
+    tip_hash: bytes
+    state_root: bytes
+    peers_connected: tuple[str, ...]
+    healthy: bool
+    detail: str
+    version: str
+    chain_id: str
+
+
+@record(59)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorBody:
+    """Why a gateway call was refused (carried in the gRPC status details)."""
+
+    code: str
+    """Stable, documented code: ``unauthenticated``, ``rejected.<reason>``, ``not_found``,
+    ``contract_error``, ``unknown_function``, ``timeout``, ``malformed``, ``too_large``,
+    ``unavailable``."""
+    message: str
