@@ -25,10 +25,14 @@ from kyodo.node import NodeConfig
 
 console = Console()
 err = Console(stderr=True)
-app = typer.Typer(help="Kyodo: a permissioned ledger for inter-company workflows.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-network_app = typer.Typer(help="Create, start, stop and inspect a local network.",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="Kyodo: a permissioned ledger for inter-company workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+network_app = typer.Typer(
+    help="Create, start, stop and inspect a local network.", no_args_is_help=True
+)
 node_app = typer.Typer(help="Stop or start one node of a local network.", no_args_is_help=True)
 tx_app = typer.Typer(help="Submit, query and show transactions.", no_args_is_help=True)
 block_app = typer.Typer(help="Show blocks.", no_args_is_help=True)
@@ -50,15 +54,29 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                    console=err, transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
 
 
 def _status_of(net: LocalNetwork, node: NodeEntry) -> dict[str, Any]:
-    row: dict[str, Any] = {"node_id": node.node_id, "org": node.org_id, "pid": net.pid(node),
-                           "gateway": node.gateway, "metrics": f"127.0.0.1:{node.metrics_port}",
-                           "role": None, "height": None, "tip_hash": None, "state_root": None,
-                           "healthy": False, "detail": "not running"}
+    row: dict[str, Any] = {
+        "node_id": node.node_id,
+        "org": node.org_id,
+        "pid": net.pid(node),
+        "gateway": node.gateway,
+        "metrics": f"127.0.0.1:{node.metrics_port}",
+        "role": None,
+        "height": None,
+        "tip_hash": None,
+        "state_root": None,
+        "healthy": False,
+        "detail": "not running",
+    }
     if row["pid"] is None:
         return row
     try:
@@ -67,14 +85,21 @@ def _status_of(net: LocalNetwork, node: NodeEntry) -> dict[str, Any]:
     except KyodoError as exc:
         row["detail"] = f"not answering: {exc}"
         return row
-    row.update(role=status.role, height=status.height, tip_hash=status.tip_hash.hex(),
-               state_root=status.state_root.hex(), healthy=status.healthy, detail=status.detail,
-               peers=list(status.peers_connected))
+    row.update(
+        role=status.role,
+        height=status.height,
+        tip_hash=status.tip_hash.hex(),
+        state_root=status.state_root.hex(),
+        healthy=status.healthy,
+        detail=status.detail,
+        peers=list(status.peers_connected),
+    )
     return row
 
 
-def _wait_ready(net: LocalNetwork, nodes: list[NodeEntry], timeout_s: float,
-                progress: Progress) -> None:
+def _wait_ready(
+    net: LocalNetwork, nodes: list[NodeEntry], timeout_s: float, progress: Progress
+) -> None:
     task = progress.add_task("waiting for nodes to be ready", total=len(nodes))
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
@@ -103,8 +128,9 @@ def network_up(
         with _progress() as progress:
             if not (folder / "network.json").exists():
                 task = progress.add_task("generating keys and genesis", total=None)
-                net = create_network(folder, orgs=orgs,
-                                     progress=lambda m: progress.update(task, description=m))
+                net = create_network(
+                    folder, orgs=orgs, progress=lambda m: progress.update(task, description=m)
+                )
                 progress.update(task, description="keys, certificates and genesis ready")
                 progress.stop_task(task)
             else:
@@ -124,8 +150,9 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
     for column in ("node", "org", "gateway (gRPC, mTLS)", "metrics"):
         table.add_column(column)
     for node in net.nodes:
-        table.add_row(node.node_id, node.org_id, node.gateway,
-                      f"http://127.0.0.1:{node.metrics_port}/metrics")
+        table.add_row(
+            node.node_id, node.org_id, node.gateway, f"http://127.0.0.1:{node.metrics_port}/metrics"
+        )
     d = f" --dir {net.folder}" if net.folder != DEFAULT_DIR.resolve() else ""
     tips = (
         f"kyodo network status{d}\n"
@@ -135,9 +162,14 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
         f"kyodo verify org2-node0{d}\n"
         f"kyodo network down{d}"
     )
-    console.print(Panel.fit(table, title=f"Kyodo network {net.chain_id} is up "
-                            f"({len(net.nodes)} orgs, ready in {elapsed:.1f} s)",
-                            subtitle=str(net.folder)))
+    console.print(
+        Panel.fit(
+            table,
+            title=f"Kyodo network {net.chain_id} is up "
+            f"({len(net.nodes)} orgs, ready in {elapsed:.1f} s)",
+            subtitle=str(net.folder),
+        )
+    )
     console.print(Panel.fit(tips, title="try next"))
 
 
@@ -175,28 +207,42 @@ def network_status(folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False)
         table.add_column(column)
     for r in rows:
         health = "[green]healthy[/]" if r["healthy"] else f"[red]{r['detail']}[/]"
-        table.add_row(r["node_id"], r["org"], r["role"] or "-", str(r["pid"] or "-"),
-                      str(r["height"] if r["height"] is not None else "-"),
-                      (r["tip_hash"] or "-")[:16], (r["state_root"] or "-")[:16], health)
+        table.add_row(
+            r["node_id"],
+            r["org"],
+            r["role"] or "-",
+            str(r["pid"] or "-"),
+            str(r["height"] if r["height"] is not None else "-"),
+            (r["tip_hash"] or "-")[:16],
+            (r["state_root"] or "-")[:16],
+            health,
+        )
     console.print(table)
 
 
 @node_app.command("stop")
-def node_stop(node: str, folder: DirOption = DEFAULT_DIR,
-              kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM.")] = False,
-              ) -> None:
+def node_stop(
+    node: str,
+    folder: DirOption = DEFAULT_DIR,
+    kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM.")] = False,
+) -> None:
     """Stop one node."""
     try:
         net = LocalNetwork(folder)
         entry = net.node(node)
     except KyodoError as exc:
         _fail(str(exc))
-    console.print(f"{entry.node_id}: {'stopped' if net.stop(entry, kill=kill) else 'was not running'}")
+    console.print(
+        f"{entry.node_id}: {'stopped' if net.stop(entry, kill=kill) else 'was not running'}"
+    )
 
 
 @node_app.command("start")
-def node_start(node: str, folder: DirOption = DEFAULT_DIR,
-               timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0) -> None:
+def node_start(
+    node: str,
+    folder: DirOption = DEFAULT_DIR,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0,
+) -> None:
     """Start (or restart) one node and wait until it is ready."""
     try:
         net = LocalNetwork(folder)
@@ -226,10 +272,15 @@ def _gateway(folder: Path, org: str | None, user: str) -> Any:
 
 
 @tx_app.command("submit")
-def tx_submit(contract: str, function: str,
-              args: Annotated[list[str] | None, typer.Argument()] = None,
-              org: OrgOption = None, user: UserOption = "user1", folder: DirOption = DEFAULT_DIR,
-              as_json: JsonOption = False) -> None:
+def tx_submit(
+    contract: str,
+    function: str,
+    args: Annotated[list[str] | None, typer.Argument()] = None,
+    org: OrgOption = None,
+    user: UserOption = "user1",
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
     """Submit a signed transaction through a gateway of ORG and wait for finality."""
     values = [_parse_arg(a) for a in args or []]
     try:
@@ -237,8 +288,16 @@ def tx_submit(contract: str, function: str,
             outcome = gw.contract(contract).submit_transaction(function, *values)
     except ContractFailed as exc:
         if as_json:
-            print(json.dumps({"tx_id": exc.tx_id, "height": exc.height, "status": "failed",
-                              "message": str(exc)}))
+            print(
+                json.dumps(
+                    {
+                        "tx_id": exc.tx_id,
+                        "height": exc.height,
+                        "status": "failed",
+                        "message": str(exc),
+                    }
+                )
+            )
         else:
             console.print(f"tx {exc.tx_id} [red]failed[/] in block {exc.height}: {exc}")
         raise typer.Exit(2) from None
@@ -246,20 +305,32 @@ def tx_submit(contract: str, function: str,
         _fail(f"{exc} (check later with `kyodo tx show {exc.tx_id}`)")
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")
-    doc = {"tx_id": outcome.tx_id, "height": outcome.height, "tx_index": outcome.tx_index,
-           "status": "ok", "result": _jsonable(outcome.result)}
+    doc = {
+        "tx_id": outcome.tx_id,
+        "height": outcome.height,
+        "tx_index": outcome.tx_index,
+        "status": "ok",
+        "result": _jsonable(outcome.result),
+    }
     if as_json:
         print(json.dumps(doc))
     else:
-        console.print(f"tx {outcome.tx_id}\n  block {outcome.height} (index {outcome.tx_index}), "
-                      f"[green]ok[/]\n  result: {json.dumps(doc['result'])}")
+        console.print(
+            f"tx {outcome.tx_id}\n  block {outcome.height} (index {outcome.tx_index}), "
+            f"[green]ok[/]\n  result: {json.dumps(doc['result'])}"
+        )
 
 
 @tx_app.command("query")
-def tx_query(contract: str, function: str,
-             args: Annotated[list[str] | None, typer.Argument()] = None,
-             org: OrgOption = None, user: UserOption = "user1", folder: DirOption = DEFAULT_DIR,
-             as_json: JsonOption = False) -> None:
+def tx_query(
+    contract: str,
+    function: str,
+    args: Annotated[list[str] | None, typer.Argument()] = None,
+    org: OrgOption = None,
+    user: UserOption = "user1",
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
     """Evaluate a function against committed state (nothing is written)."""
     values = [_parse_arg(a) for a in args or []]
     try:
@@ -271,8 +342,13 @@ def tx_query(contract: str, function: str,
 
 
 @tx_app.command("show")
-def tx_show(tx_id: str, org: OrgOption = None, user: UserOption = "user1",
-            folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
+def tx_show(
+    tx_id: str,
+    org: OrgOption = None,
+    user: UserOption = "user1",
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
     """Show a committed transaction: call, creator, block, status and result."""
     try:
         raw_id = bytes.fromhex(tx_id)
@@ -284,17 +360,29 @@ def tx_show(tx_id: str, org: OrgOption = None, user: UserOption = "user1",
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")
     tx = found.envelope.transaction()
-    doc = {"tx_id": tx_id, "height": found.height, "tx_index": found.tx_index,
-           "contract": tx.contract, "function": tx.function, "args": _jsonable(list(tx.args)),
-           "created_ms": tx.created_ms, "status": "ok" if found.status == 0 else "failed",
-           "result": _jsonable(found.result), "message": found.message}
+    doc = {
+        "tx_id": tx_id,
+        "height": found.height,
+        "tx_index": found.tx_index,
+        "contract": tx.contract,
+        "function": tx.function,
+        "args": _jsonable(list(tx.args)),
+        "created_ms": tx.created_ms,
+        "status": "ok" if found.status == 0 else "failed",
+        "result": _jsonable(found.result),
+        "message": found.message,
+    }
     print(json.dumps(doc, indent=None if as_json else 2))
 
 
 @block_app.command("show")
-def block_show(height: Annotated[int, typer.Argument(help="Height (-1: tip).")] = -1,
-               org: OrgOption = None, user: UserOption = "user1",
-               folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
+def block_show(
+    height: Annotated[int, typer.Argument(help="Height (-1: tip).")] = -1,
+    org: OrgOption = None,
+    user: UserOption = "user1",
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
     """Show a block's header, certificate and transactions."""
     try:
         with _gateway(folder, org, user) as gw:
@@ -302,12 +390,21 @@ def block_show(height: Annotated[int, typer.Argument(help="Height (-1: tip).")] 
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")
     h = block.header
-    doc = {"height": h.height, "hash": block.block_hash().hex(), "prev_hash": h.prev_hash.hex(),
-           "txs_root": h.txs_root.hex(), "results_root": h.results_root.hex(),
-           "state_root": h.state_root.hex(), "timestamp_ms": h.timestamp_ms,
-           "proposer": h.proposer, "certificate": [c.signer for c in block.certificate],
-           "transactions": [{"tx_id": e.tx_id().hex(), "status": r.status, "message": r.message}
-                            for e, r in zip(block.txs, block.results, strict=True)]}
+    doc = {
+        "height": h.height,
+        "hash": block.block_hash().hex(),
+        "prev_hash": h.prev_hash.hex(),
+        "txs_root": h.txs_root.hex(),
+        "results_root": h.results_root.hex(),
+        "state_root": h.state_root.hex(),
+        "timestamp_ms": h.timestamp_ms,
+        "proposer": h.proposer,
+        "certificate": [c.signer for c in block.certificate],
+        "transactions": [
+            {"tx_id": e.tx_id().hex(), "status": r.status, "message": r.message}
+            for e, r in zip(block.txs, block.results, strict=True)
+        ],
+    }
     print(json.dumps(doc, indent=None if as_json else 2))
 
 
@@ -337,43 +434,68 @@ def verify(node: str, folder: DirOption = DEFAULT_DIR, as_json: JsonOption = Fal
     except LedgerError as exc:
         height = getattr(exc, "height", None)
         if as_json:
-            print(json.dumps({"node": entry.node_id, "ok": False, "height": height,
-                              "error": type(exc).__name__, "detail": str(exc)}))
+            print(
+                json.dumps(
+                    {
+                        "node": entry.node_id,
+                        "ok": False,
+                        "height": height,
+                        "error": type(exc).__name__,
+                        "detail": str(exc),
+                    }
+                )
+            )
             raise typer.Exit(1) from None
         _fail(f"{entry.node_id}: verification FAILED at height {height}: {exc}")
     finally:
         store.close()
     elapsed = time.monotonic() - started
     if as_json:
-        print(json.dumps({"node": entry.node_id, "ok": True, "height": tip,
-                          "seconds": round(elapsed, 3)}))
+        print(
+            json.dumps(
+                {"node": entry.node_id, "ok": True, "height": tip, "seconds": round(elapsed, 3)}
+            )
+        )
     else:
-        console.print(f"{entry.node_id}: [green]verified[/] blocks 0..{tip}, certificates, "
-                      f"transaction signatures and state ({elapsed:.2f} s)")
+        console.print(
+            f"{entry.node_id}: [green]verified[/] blocks 0..{tip}, certificates, "
+            f"transaction signatures and state ({elapsed:.2f} s)"
+        )
 
 
 @app.command("bench")
-def bench(clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
-          duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
-          folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
+def bench(
+    clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
     """Drive the running network with signed transfers; print tx/s and latency."""
     try:
         net = LocalNetwork(folder)
         with _progress() as progress:
             task = progress.add_task("benchmark", total=None)
-            result = run_bench(net, clients=clients, duration_s=duration,
-                               progress=lambda m: progress.update(task, description=m))
+            result = run_bench(
+                net,
+                clients=clients,
+                duration_s=duration,
+                progress=lambda m: progress.update(task, description=m),
+            )
     except KyodoError as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(result.to_dict()))
         return
     lat = result.latency_ms
-    console.print(Panel.fit(
-        f"committed: {result.committed} tx in {result.duration_s} s = [bold]{result.tps} tx/s[/]\n"
-        f"finality latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
-        f"max {lat['max']}\nfailures: {result.failures or 'none'}\nsetup: {result.setup}",
-        title="kyodo bench"))
+    console.print(
+        Panel.fit(
+            f"committed: {result.committed} tx in {result.duration_s} s = "
+            f"[bold]{result.tps} tx/s[/]\n"
+            f"finality latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
+            f"max {lat['max']}\nfailures: {result.failures or 'none'}\nsetup: {result.setup}",
+            title="kyodo bench",
+        )
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -49,8 +49,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return round(sorted_values[index], 2)
 
 
-def run_bench(network: LocalNetwork, *, clients: int, duration_s: float,
-              progress: Callable[[str], None]) -> BenchResult:
+def run_bench(
+    network: LocalNetwork, *, clients: int, duration_s: float, progress: Callable[[str], None]
+) -> BenchResult:
     """Drive ``network`` with ``clients`` concurrent clients for ``duration_s`` seconds."""
     run = secrets.token_hex(3)
     orgs = network.orgs
@@ -107,15 +108,23 @@ def run_bench(network: LocalNetwork, *, clients: int, duration_s: float,
         committed=len(values),
         duration_s=round(elapsed, 2),
         tps=round(len(values) / elapsed, 1),
-        latency_ms={"p50": _percentile(values, 0.50), "p95": _percentile(values, 0.95),
-                    "p99": _percentile(values, 0.99), "max": round(values[-1], 2) if values else 0},
+        latency_ms={
+            "p50": _percentile(values, 0.50),
+            "p95": _percentile(values, 0.95),
+            "p99": _percentile(values, 0.99),
+            "max": round(values[-1], 2) if values else 0,
+        },
         failures=failures,
         setup={
-            "orgs": len(orgs), "nodes": len(network.nodes), "clients": clients,
-            "duration_s": duration_s, "workload": "asset_transfer.transfer, signed Ed25519, "
-            "each submit waits for finality",
-            "consensus": "single-leader (issue 2)", "cpus": os.cpu_count(),
-            "python": platform.python_version(), "machine": platform.machine(),
+            "orgs": len(orgs),
+            "nodes": len(network.nodes),
+            "clients": clients,
+            "duration_s": duration_s,
+            "workload": "asset_transfer.transfer, signed Ed25519, each submit waits for finality",
+            "consensus": "single-leader (issue 2)",
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
         },
     )
 

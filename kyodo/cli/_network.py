@@ -81,15 +81,25 @@ def _der(pem: bytes) -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
-def _issue_member(ca: CertificateAuthority, folder: Path, *, name: str, role: Role,
-                  passphrase: bytes, salt: bytes, now: datetime) -> tuple[bytes, bytes]:
+def _issue_member(
+    ca: CertificateAuthority,
+    folder: Path,
+    *,
+    name: str,
+    role: Role,
+    passphrase: bytes,
+    salt: bytes,
+    now: datetime,
+) -> tuple[bytes, bytes]:
     """Keys and certificates of one member in ``folder``; returns (signing PEM, TLS PEM)."""
     signing = ed25519.Ed25519PrivateKey.generate()
     tls = ec.generate_private_key(ec.SECP256R1())
-    signing_pem = ca.issue_signing_cert(name=name, role=role, public_key=signing.public_key(),
-                                        now=now)
-    tls_pem = ca.issue_tls_cert(name=name, role=role, public_key=tls.public_key(), now=now,
-                                hosts=("localhost", "127.0.0.1"))
+    signing_pem = ca.issue_signing_cert(
+        name=name, role=role, public_key=signing.public_key(), now=now
+    )
+    tls_pem = ca.issue_tls_cert(
+        name=name, role=role, public_key=tls.public_key(), now=now, hosts=("localhost", "127.0.0.1")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     save_private_key(folder / "signing.key", signing, passphrase, salt=salt)
     save_private_key(folder / "tls.key", tls, passphrase, salt=salt)
@@ -98,12 +108,19 @@ def _issue_member(ca: CertificateAuthority, folder: Path, *, name: str, role: Ro
     return signing_pem, tls_pem
 
 
-def create_network(folder: Path, *, orgs: int, progress: Progress,
-                   batch_timeout_ms: int = 20, max_batch_txs: int = 500) -> LocalNetwork:
+def create_network(
+    folder: Path,
+    *,
+    orgs: int,
+    progress: Progress,
+    batch_timeout_ms: int = 20,
+    max_batch_txs: int = 500,
+) -> LocalNetwork:
     """Generate a network of ``orgs`` organizations, one validator node each."""
     if (folder / "network.json").exists():
-        raise KyodoError(f"{folder} already holds a network; `kyodo network down --purge` first",
-                         code="exists")
+        raise KyodoError(
+            f"{folder} already holds a network; `kyodo network down --purge` first", code="exists"
+        )
     if not 1 <= orgs <= 32:
         raise KyodoError("--orgs must be between 1 and 32", code="usage")
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,37 +145,75 @@ def create_network(folder: Path, *, orgs: int, progress: Progress,
         save_private_key(org_dir / "ca" / "ca.key", ca.key, passphrase, salt=salt)
         org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.cert_pem))
         for user, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
-            _issue_member(ca, org_dir / "users" / user, name=user, role=role,
-                          passphrase=passphrase, salt=salt, now=now)
+            _issue_member(
+                ca,
+                org_dir / "users" / user,
+                name=user,
+                role=role,
+                passphrase=passphrase,
+                salt=salt,
+                now=now,
+            )
         node_id = f"{org_id}-node0"
         home = folder / "nodes" / node_id
-        signing_pem, tls_pem = _issue_member(ca, home, name=node_id, role=Role.NODE,
-                                             passphrase=passphrase, salt=salt, now=now)
+        signing_pem, tls_pem = _issue_member(
+            ca, home, name=node_id, role=Role.NODE, passphrase=passphrase, salt=salt, now=now
+        )
         p2p, gateway, metrics = _free_ports(3)
         NodeConfig(
-            node_id=node_id, org_id=org_id, listen_host="127.0.0.1", p2p_port=p2p,
-            gateway_port=gateway, metrics_port=metrics, genesis="../../genesis.block",
+            node_id=node_id,
+            org_id=org_id,
+            listen_host="127.0.0.1",
+            p2p_port=p2p,
+            gateway_port=gateway,
+            metrics_port=metrics,
+            genesis="../../genesis.block",
             passphrase=f"file:../../orgs/{org_id}/passphrase",
         ).save(home)
-        nodes.append(NodeInfo(
-            node_id=node_id, org_id=org_id, signing_cert=_der(signing_pem), tls_cert_pem=tls_pem,
-            host="127.0.0.1", p2p_port=p2p, gateway_port=gateway, validator=True,
-        ))
-        entries.append({"node_id": node_id, "org_id": org_id, "home": f"nodes/{node_id}",
-                        "gateway": f"127.0.0.1:{gateway}", "p2p_port": p2p,
-                        "metrics_port": metrics})
+        nodes.append(
+            NodeInfo(
+                node_id=node_id,
+                org_id=org_id,
+                signing_cert=_der(signing_pem),
+                tls_cert_pem=tls_pem,
+                host="127.0.0.1",
+                p2p_port=p2p,
+                gateway_port=gateway,
+                validator=True,
+            )
+        )
+        entries.append(
+            {
+                "node_id": node_id,
+                "org_id": org_id,
+                "home": f"nodes/{node_id}",
+                "gateway": f"127.0.0.1:{gateway}",
+                "p2p_port": p2p,
+                "metrics_port": metrics,
+            }
+        )
     config = NetworkConfig(
-        chain_id=chain_id, orgs=tuple(org_infos), nodes=tuple(nodes),
-        consensus=ConsensusParams(max_batch_txs=max_batch_txs, max_batch_bytes=4 * 1024 * 1024,
-                                  batch_timeout_ms=batch_timeout_ms, tx_max_age_ms=300_000),
+        chain_id=chain_id,
+        orgs=tuple(org_infos),
+        nodes=tuple(nodes),
+        consensus=ConsensusParams(
+            max_batch_txs=max_batch_txs,
+            max_batch_bytes=4 * 1024 * 1024,
+            batch_timeout_ms=batch_timeout_ms,
+            tx_max_age_ms=300_000,
+        ),
         created_ms=int(now.timestamp() * 1000),
     )
     progress("genesis block")
     save_genesis(folder / "genesis.block", make_genesis_block(config))
     (folder / "ca-bundle.pem").write_bytes(b"".join(o.ca_cert_pem for o in org_infos))
-    (folder / "network.json").write_text(json.dumps(
-        {"chain_id": chain_id, "orgs": [o.org_id for o in org_infos], "nodes": entries},
-        indent=2) + "\n")
+    (folder / "network.json").write_text(
+        json.dumps(
+            {"chain_id": chain_id, "orgs": [o.org_id for o in org_infos], "nodes": entries},
+            indent=2,
+        )
+        + "\n"
+    )
     return LocalNetwork(folder)
 
 
@@ -169,25 +224,34 @@ class LocalNetwork:
         self.folder = folder.resolve()
         path = self.folder / "network.json"
         if not path.exists():
-            raise KyodoError(f"no network in {self.folder} (run `kyodo network up`)",
-                             code="no_network")
+            raise KyodoError(
+                f"no network in {self.folder} (run `kyodo network up`)", code="no_network"
+            )
         doc = json.loads(path.read_text())
         self.chain_id: str = doc["chain_id"]
         self.orgs: list[str] = doc["orgs"]
         self.nodes = [
-            NodeEntry(node_id=n["node_id"], org_id=n["org_id"], home=self.folder / n["home"],
-                      gateway=n["gateway"], p2p_port=n["p2p_port"],
-                      metrics_port=n["metrics_port"])
+            NodeEntry(
+                node_id=n["node_id"],
+                org_id=n["org_id"],
+                home=self.folder / n["home"],
+                gateway=n["gateway"],
+                p2p_port=n["p2p_port"],
+                metrics_port=n["metrics_port"],
+            )
             for n in doc["nodes"]
         ]
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def node(self, node_id: str) -> NodeEntry:
         """A node by id (or by org id: that org's first node)."""
         for entry in self.nodes:
             if node_id in (entry.node_id, entry.org_id):
                 return entry
-        raise KyodoError(f"no node {node_id!r}; nodes: {', '.join(n.node_id for n in self.nodes)}",
-                         code="not_found")
+        raise KyodoError(
+            f"no node {node_id!r}; nodes: {', '.join(n.node_id for n in self.nodes)}",
+            code="not_found",
+        )
 
     # -- processes -------------------------------------------------------------------
 
@@ -213,10 +277,14 @@ class LocalNetwork:
         log = open(node.home / "node.log", "ab")  # noqa: SIM115 - handed to the child
         process = subprocess.Popen(
             [sys.executable, "-m", "kyodo.node", str(node.home)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=node.home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=node.home,
         )
         log.close()
+        self._children[process.pid] = process  # reaped in stop()
         (node.home / "node.pid").write_text(str(process.pid))
         return process.pid
 
@@ -226,6 +294,14 @@ class LocalNetwork:
         if pid is None:
             return False
         os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            try:
+                child.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return True
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not _alive(pid):
@@ -243,14 +319,25 @@ class LocalNetwork:
         """Credentials of a user of ``org``."""
         org_dir = self.folder / "orgs" / org
         if not org_dir.exists():
-            raise KyodoError(f"no organization {org!r}; orgs: {', '.join(self.orgs)}",
-                             code="not_found")
-        return load_user(org_dir / "users" / name,
-                         passphrase=(org_dir / "passphrase").read_bytes().strip(),
-                         chain_id=self.chain_id, ca_bundle=self.folder / "ca-bundle.pem")
+            raise KyodoError(
+                f"no organization {org!r}; orgs: {', '.join(self.orgs)}", code="not_found"
+            )
+        return load_user(
+            org_dir / "users" / name,
+            passphrase=(org_dir / "passphrase").read_bytes().strip(),
+            chain_id=self.chain_id,
+            ca_bundle=self.folder / "ca-bundle.pem",
+        )
 
-    def gateway(self, org: str, user: str = "user1", *, node: NodeEntry | None = None,
-                retries: int = 3, timeout_s: float = 30.0) -> Gateway:
+    def gateway(
+        self,
+        org: str,
+        user: str = "user1",
+        *,
+        node: NodeEntry | None = None,
+        retries: int = 3,
+        timeout_s: float = 30.0,
+    ) -> Gateway:
         """A gateway connection to a node of ``org`` as ``user``."""
         target = node or self.node(org)
         return self.user(org, user).connect(target.gateway, retries=retries, timeout_s=timeout_s)

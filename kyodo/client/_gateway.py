@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -54,10 +54,18 @@ from kyodo.wire import (
     TxStatusResponse,
 )
 
-__all__ = ["Contract", "Gateway", "Identity", "Network", "SubmitResult", "TlsCredentials",
-           "connect"]
+__all__ = [
+    "Contract",
+    "Gateway",
+    "Identity",
+    "Network",
+    "SubmitResult",
+    "TlsCredentials",
+    "connect",
+]
 
 _ERROR_TRAILER = "kyodo-error-bin"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,8 +87,11 @@ class TlsCredentials:
     @classmethod
     def from_files(cls, ca: Path, cert: Path, key_pem: bytes) -> TlsCredentials:
         """Read the CA bundle and certificate from files; the key is given decrypted."""
-        return cls(root_certificates=ca.read_bytes(), certificate_chain=cert.read_bytes(),
-                   private_key=key_pem)
+        return cls(
+            root_certificates=ca.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+            private_key=key_pem,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +104,15 @@ class SubmitResult:
     result: Any
 
 
-def connect(identity: Identity, signer: Signer, address: str, *, tls: TlsCredentials,
-            timeout_s: float = 30.0, retries: int = 3) -> Gateway:
+def connect(
+    identity: Identity,
+    signer: Signer,
+    address: str,
+    *,
+    tls: TlsCredentials,
+    timeout_s: float = 30.0,
+    retries: int = 3,
+) -> Gateway:
     """Open a gateway connection (lazily: the first call connects)."""
     return Gateway(identity, signer, address, tls=tls, timeout_s=timeout_s, retries=retries)
 
@@ -102,19 +120,32 @@ def connect(identity: Identity, signer: Signer, address: str, *, tls: TlsCredent
 class Gateway:
     """A connection to one gateway, acting as one identity."""
 
-    def __init__(self, identity: Identity, signer: Signer, address: str, *,
-                 tls: TlsCredentials, timeout_s: float, retries: int) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        signer: Signer,
+        address: str,
+        *,
+        tls: TlsCredentials,
+        timeout_s: float,
+        retries: int,
+    ) -> None:
         self.identity = identity
         self._signer = signer
         self._timeout_s = timeout_s
         self._retries = retries
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=tls.root_certificates, private_key=tls.private_key,
+            root_certificates=tls.root_certificates,
+            private_key=tls.private_key,
             certificate_chain=tls.certificate_chain,
         )
-        self._channel = grpc.secure_channel(address, credentials, options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ])
+        self._channel = grpc.secure_channel(
+            address,
+            credentials,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ],
+        )
         self._calls: dict[str, Callable[..., bytes]] = {}
 
     def close(self) -> None:
@@ -140,8 +171,12 @@ class Gateway:
     def sign(self, contract: str, function: str, args: tuple[Any, ...]) -> TxEnvelope:
         """A signed envelope for one call (its id is fixed from here on)."""
         tx = Transaction(
-            chain_id=self.identity.chain_id, contract=contract, function=function,
-            args=tuple(args), nonce=os.urandom(16), created_ms=time.time_ns() // 1_000_000,
+            chain_id=self.identity.chain_id,
+            contract=contract,
+            function=function,
+            args=tuple(args),
+            nonce=os.urandom(16),
+            created_ms=time.time_ns() // 1_000_000,
             creator=self.identity.certificate,
         )
         payload = encode(tx)
@@ -149,8 +184,9 @@ class Gateway:
 
     # -- calls -----------------------------------------------------------------------
 
-    def call(self, method: str, request: Any, response_type: type[Any],
-             timeout_s: float | None = None) -> Any:
+    def call(
+        self, method: str, request: Any, response_type: type[R], timeout_s: float | None = None
+    ) -> R:
         """Send one request, retrying transient failures; raise a typed error if refused."""
         stub = self._calls.get(method)
         if stub is None:
@@ -175,21 +211,25 @@ class Gateway:
         request = SubmitRequest(envelope=envelope, wait_ms=int(wait_s * 1000))
         try:
             response: TxStatusResponse = self.call(
-                "Submit", request, TxStatusResponse, timeout_s=wait_s + 10)
+                "Submit", request, TxStatusResponse, timeout_s=wait_s + 10
+            )
         except TransactionRejected as exc:
             if exc.reason != "duplicate":
                 raise
             # a retry of an envelope the gateway already accepted: report its status
-            response = self.call("TxStatus", StatusRequest(
-                tx_id=envelope.tx_id(), wait_ms=int(wait_s * 1000)), TxStatusResponse,
-                timeout_s=wait_s + 10)
+            response = self.call(
+                "TxStatus",
+                StatusRequest(tx_id=envelope.tx_id(), wait_ms=int(wait_s * 1000)),
+                TxStatusResponse,
+                timeout_s=wait_s + 10,
+            )
             if response.state == "unknown":
                 raise
         return response
 
     def status(self) -> NodeStatus:
         """The gateway node's status."""
-        return self.call("NodeStatus", StatusRequest(tx_id=b"", wait_ms=0), NodeStatus)  # type: ignore[no-any-return]
+        return self.call("NodeStatus", StatusRequest(tx_id=b"", wait_ms=0), NodeStatus)
 
     def block(self, height: int = -1) -> bytes:
         """A block's canonical bytes (-1 for the tip)."""
@@ -198,12 +238,16 @@ class Gateway:
 
     def transaction(self, tx_id: bytes) -> TxResponse:
         """A committed transaction with its result."""
-        return self.call("GetTransaction", TxRequest(tx_id=tx_id), TxResponse)  # type: ignore[no-any-return]
+        return self.call("GetTransaction", TxRequest(tx_id=tx_id), TxResponse)
 
     def tx_status(self, tx_id: bytes, *, wait_s: float = 0.0) -> TxStatusResponse:
         """Where a transaction stands (optionally waiting for finality)."""
-        return self.call("TxStatus", StatusRequest(tx_id=tx_id, wait_ms=int(wait_s * 1000)),  # type: ignore[no-any-return]
-                         TxStatusResponse, timeout_s=wait_s + 10)
+        return self.call(
+            "TxStatus",
+            StatusRequest(tx_id=tx_id, wait_ms=int(wait_s * 1000)),
+            TxStatusResponse,
+            timeout_s=wait_s + 10,
+        )
 
 
 class Network:
@@ -233,8 +277,12 @@ class Contract:
         """
         return self.submit_transaction(function, *args, wait_s=wait_s).result
 
-    def submit_transaction(self, function: str, *args: Any, wait_s: float = 30.0,
-                           ) -> SubmitResult:
+    def submit_transaction(
+        self,
+        function: str,
+        *args: Any,
+        wait_s: float = 30.0,
+    ) -> SubmitResult:
         """Like :meth:`submit`, returning the transaction id and position too."""
         envelope = self.gateway.sign(self.name, function, args)
         response = self.gateway.submit_envelope(envelope, wait_s=wait_s)
@@ -243,10 +291,10 @@ class Contract:
             raise NotFinal(f"transaction {tx_id} not final after {wait_s} s", tx_id=tx_id)
         if response.status != 0:
             code = "unknown_function" if response.status == 2 else "contract_error"
-            raise ContractFailed(response.message, code=code, tx_id=tx_id,
-                                 height=response.height)
-        return SubmitResult(tx_id=tx_id, height=response.height, tx_index=response.tx_index,
-                            result=response.result)
+            raise ContractFailed(response.message, code=code, tx_id=tx_id, height=response.height)
+        return SubmitResult(
+            tx_id=tx_id, height=response.height, tx_index=response.tx_index, result=response.result
+        )
 
     def evaluate(self, function: str, *args: Any) -> Any:
         """Run a query against committed state; nothing is written."""

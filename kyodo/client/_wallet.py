@@ -35,8 +35,13 @@ class UserCredentials:
         return connect(self.identity, self.signer, address, tls=self.tls, **kwargs)  # type: ignore[arg-type]
 
 
-def load_user(user_dir: Path, *, passphrase: bytes, chain_id: str, ca_bundle: Path,
-              ) -> UserCredentials:
+def load_user(
+    user_dir: Path,
+    *,
+    passphrase: bytes,
+    chain_id: str,
+    ca_bundle: Path,
+) -> UserCredentials:
     """Read a user folder (see module docstring)."""
     try:
         signing_pem = (user_dir / "signing.pem").read_bytes()
@@ -49,8 +54,9 @@ def load_user(user_dir: Path, *, passphrase: bytes, chain_id: str, ca_bundle: Pa
     if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
         raise KyodoError(f"{user_dir}/signing.key is not an Ed25519 key", code="credentials")
     cert_der = x509.load_pem_x509_certificate(signing_pem).public_bytes(serialization.Encoding.DER)
-    key_pem = tls_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())  # in memory, for gRPC's TLS
+    key_pem = tls_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )  # in memory, for gRPC's TLS
     return UserCredentials(
         Identity(certificate=cert_der, chain_id=chain_id),
         Ed25519Signer(signing_key),

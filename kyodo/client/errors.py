@@ -37,8 +37,14 @@ class ContractFailed(KyodoError):
         height: block the failed transaction was recorded in (None for a query).
     """
 
-    def __init__(self, message: str, *, code: str = "contract_error", tx_id: str | None = None,
-                 height: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "contract_error",
+        tx_id: str | None = None,
+        height: int | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.tx_id = tx_id
         self.height = height

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-
 from collections.abc import Callable
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -311,5 +310,3 @@ def decode(data: bytes, *, max_size: int = 16 * 1024 * 1024) -> Any:
     if cls is None:
         raise DecodeError(f"unknown record tag {value[0]}")
     return _from_plain_record(cls, value, "")
-
-

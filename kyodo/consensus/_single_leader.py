@@ -142,7 +142,10 @@ class SingleLeader:
         if now_ms - self._last_status_ms >= self.limits.status_interval_ms:
             self._last_status_ms = now_ms
             actions.append(Broadcast(StatusMessage(height=self.height, tip_hash=b"")))
-        if self._sync_sent_ms is not None and now_ms - self._sync_sent_ms > self.limits.sync_retry_ms:
+        if (
+            self._sync_sent_ms is not None
+            and now_ms - self._sync_sent_ms > self.limits.sync_retry_ms
+        ):
             self._sync_peer = None
             self._sync_sent_ms = None
         actions.extend(self._maybe_sync(now_ms))

@@ -27,7 +27,7 @@ class AssetTransfer(Contract):
     name = "asset_transfer"
 
     @function
-    def create_account(ctx: Context, account: str) -> dict[str, Any]:
+    def create_account(self, ctx: Context, account: str) -> dict[str, Any]:
         """Open ``account`` with a zero balance, owned by the caller."""
         if not account or len(account) > 128:
             raise ContractError("account id must be 1 to 128 characters")
@@ -39,7 +39,7 @@ class AssetTransfer(Contract):
         return {"account": account, **record}
 
     @function
-    def issue(ctx: Context, account: str, amount: int) -> dict[str, Any]:
+    def issue(self, ctx: Context, account: str, amount: int) -> dict[str, Any]:
         """Create ``amount`` new units in ``account`` (organization admins only)."""
         if ctx.caller.role != "admin":
             raise ContractError(f"only an admin may issue; caller's role is {ctx.caller.role}")
@@ -52,7 +52,7 @@ class AssetTransfer(Contract):
         return {"account": account, **record}
 
     @function
-    def transfer(ctx: Context, source: str, target: str, amount: int) -> dict[str, Any]:
+    def transfer(self, ctx: Context, source: str, target: str, amount: int) -> dict[str, Any]:
         """Move ``amount`` from ``source`` (owned by the caller) to ``target``."""
         if amount <= 0:
             raise ContractError("amount must be positive")
@@ -72,16 +72,20 @@ class AssetTransfer(Contract):
         ctx.put(_account_key(source), src)
         ctx.put(_account_key(target), dst)
         ctx.emit("Transferred", {"source": source, "target": target, "amount": amount})
-        return {"source": source, "target": target, "amount": amount,
-                "source_balance": src["balance"]}
+        return {
+            "source": source,
+            "target": target,
+            "amount": amount,
+            "source_balance": src["balance"],
+        }
 
     @function(read_only=True)
-    def balance(ctx: Context, account: str) -> int:
+    def balance(self, ctx: Context, account: str) -> int:
         """The balance of ``account``."""
         return int(_load(ctx, account)["balance"])
 
     @function(read_only=True)
-    def account(ctx: Context, account: str) -> dict[str, Any]:
+    def account(self, ctx: Context, account: str) -> dict[str, Any]:
         """The account record (owner, balance)."""
         return _load(ctx, account)
 

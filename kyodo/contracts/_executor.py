@@ -33,6 +33,7 @@ class Executor:
 
     def __init__(self, contracts: Mapping[str, type[Contract]]) -> None:
         self._contracts = dict(contracts)
+        self._instances = {name: cls() for name, cls in self._contracts.items()}
 
     def contract_names(self) -> list[str]:
         """Names of the contracts this executor knows."""
@@ -68,16 +69,28 @@ class Executor:
 
         def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
             return self._call(
-                overlay, other, fn, tuple(other_args), caller=caller,
-                block_time_ms=block_time_ms, height=height, tx_id=tx_id,
-                events=events, depth=depth + 1,
+                overlay,
+                other,
+                fn,
+                tuple(other_args),
+                caller=caller,
+                block_time_ms=block_time_ms,
+                height=height,
+                tx_id=tx_id,
+                events=events,
+                depth=depth + 1,
             )
 
         ctx = Context(
-            namespace=contract, overlay=overlay, caller=caller, block_time_ms=block_time_ms,
-            height=height, tx_id=tx_id, invoke=invoke,
+            namespace=contract,
+            overlay=overlay,
+            caller=caller,
+            block_time_ms=block_time_ms,
+            height=height,
+            tx_id=tx_id,
+            invoke=invoke,
         )
-        result = spec.fn(ctx, *args)
+        result = spec.fn(self._instances[contract], ctx, *args)
         events.extend(ctx.events)
         try:
             encode_value(result)
@@ -107,8 +120,14 @@ class Executor:
             )
             try:
                 value = self._call(
-                    overlay, tx.contract, tx.function, tuple(tx.args), caller=caller,
-                    block_time_ms=block_time_ms, height=height, tx_id=checked.tx_id,
+                    overlay,
+                    tx.contract,
+                    tx.function,
+                    tuple(tx.args),
+                    caller=caller,
+                    block_time_ms=block_time_ms,
+                    height=height,
+                    tx_id=checked.tx_id,
                     events=events,
                 )
             except UnknownContractError as exc:
@@ -129,7 +148,10 @@ class Executor:
                 last[state_key] = (index, checked.tx_id, stored)
             results.append(
                 TxResult(
-                    tx_id=checked.tx_id, status=TxStatus.OK, result=value, message="",
+                    tx_id=checked.tx_id,
+                    status=TxStatus.OK,
+                    result=value,
+                    message="",
                     events=tuple(events),
                 )
             )
@@ -149,8 +171,15 @@ class Executor:
             org=checked.creator.org, role=str(checked.creator.role), name=checked.creator.name
         )
         return self._call(
-            TxOverlay(state), tx.contract, tx.function, tuple(tx.args), caller=caller,
-            block_time_ms=block_time_ms, height=height, tx_id=checked.tx_id, events=[],
+            TxOverlay(state),
+            tx.contract,
+            tx.function,
+            tuple(tx.args),
+            caller=caller,
+            block_time_ms=block_time_ms,
+            height=height,
+            tx_id=checked.tx_id,
+            events=[],
         )
 
 

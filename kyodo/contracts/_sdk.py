@@ -1,8 +1,8 @@
 """How a contract is declared: a class of functions with typed parameters.
 
 A contract is a subclass of :class:`Contract` with a ``name`` (its state
-namespace) and functions marked with :func:`function`. Each function takes
-the :class:`Context` first, then parameters annotated with ``int``, ``str``,
+namespace) and methods marked with :func:`function`. Each takes ``self``,
+then the :class:`Context`, then parameters annotated with ``int``, ``str``,
 ``bytes``, ``bool``, ``list`` or ``dict``; arguments are checked against them
 before the function runs, so a contract never sees a wrongly typed value.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, overload
 
 from kyodo.contracts.errors import ArgumentError
 
@@ -24,7 +24,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FunctionSpec:
-    """A contract function: name, parameters (name, type), whether it only reads."""
+    """A contract function: name, parameters (name, type), whether it only reads.
+
+    ``fn`` is the plain function; call it as ``fn(contract_instance, ctx, *args)``.
+    """
 
     name: str
     fn: Callable[..., Any]
@@ -46,7 +49,15 @@ class FunctionSpec:
                 )
 
 
-def function(fn: F | None = None, *, read_only: bool = False) -> Any:
+@overload
+def function(fn: F, /) -> F: ...
+
+
+@overload
+def function(*, read_only: bool = False) -> Callable[[F], F]: ...
+
+
+def function(fn: Any = None, /, *, read_only: bool = False) -> Any:
     """Mark a contract function (``read_only=True`` for queries that write nothing)."""
 
     def mark(target: F) -> F:
@@ -57,7 +68,11 @@ def function(fn: F | None = None, *, read_only: bool = False) -> Any:
 
 
 class Contract:
-    """Base class of contracts; subclasses set ``name`` and declare functions."""
+    """Base class of contracts; subclasses set ``name`` and declare functions.
+
+    A contract keeps no state in the instance (it has only its ledger state,
+    through the context); the executor creates one instance and reuses it.
+    """
 
     name: ClassVar[str] = ""
     _specs: ClassVar[dict[str, FunctionSpec] | None] = None
@@ -73,7 +88,7 @@ class Contract:
                     continue
                 hints = inspect.get_annotations(member, eval_str=True)
                 params = []
-                for pname in list(inspect.signature(member).parameters)[1:]:
+                for pname in list(inspect.signature(member).parameters)[2:]:
                     ptype = hints.get(pname)
                     if ptype not in _ALLOWED:
                         raise TypeError(f"{cls.__name__}.{attr}: parameter {pname} needs a type")
@@ -82,6 +97,6 @@ class Contract:
                     name=attr, fn=member, params=tuple(params), read_only=read_only
                 )
             cls._specs = specs
-        specs_now = cls.__dict__["_specs"]
+        specs_now: dict[str, FunctionSpec] | None = cls.__dict__["_specs"]
         assert specs_now is not None
         return specs_now

@@ -8,8 +8,9 @@ HSMs support everywhere) through `cryptography`.
 A private key is never written in plaintext: :func:`save_private_key` writes
 it encrypted under scrypt + AES-256-GCM (`cryptography`'s PKCS#8 encryption
 offers no tunable KDF, and its default derivation costs 0.3 ms: too cheap to
-slow down a stolen file's brute force; see ADR 0004), and the passphrase itself comes from a file, an environment variable
-or a prompt (:func:`read_passphrase`), never from a configuration file.
+slow down a stolen file's brute force; see ADR 0004), and the passphrase
+itself comes from a file, an environment variable or a prompt
+(:func:`read_passphrase`), never from a configuration file.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from kyodo.crypto.errors import InvalidSignatureError, KeyFileError, UnsupportedKeyError
 
 __all__ = [
-    "ED25519",
     "ECDSA_P256",
+    "ED25519",
     "KEY_FILE_FORMAT",
     "EcdsaP256Signer",
     "Ed25519Signer",
@@ -172,8 +173,15 @@ def save_private_key(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    header = {"format": KEY_FILE_FORMAT, "kdf": "scrypt", "n": SCRYPT_N, "r": 8, "p": 1,
-              "salt": salt.hex(), "cipher": "aes-256-gcm"}
+    header = {
+        "format": KEY_FILE_FORMAT,
+        "kdf": "scrypt",
+        "n": SCRYPT_N,
+        "r": 8,
+        "p": 1,
+        "salt": salt.hex(),
+        "cipher": "aes-256-gcm",
+    }
     nonce = os.urandom(12)
     aad = json.dumps(header, sort_keys=True).encode()
     ciphertext = AESGCM(_derive_kek(passphrase, salt, SCRYPT_N)).encrypt(nonce, der, aad)
@@ -211,13 +219,17 @@ def load_private_key(path: Path, passphrase: bytes) -> PrivateKey:
             raise KeyFileError(f"{path} has scrypt parameters outside the accepted range")
         kek = _derive_kek(passphrase, bytes.fromhex(header["salt"]), int(header["n"]))
         aad = json.dumps(header, sort_keys=True).encode()
-        der = AESGCM(kek).decrypt(bytes.fromhex(doc["nonce"]), bytes.fromhex(doc["ciphertext"]), aad)
+        der = AESGCM(kek).decrypt(
+            bytes.fromhex(doc["nonce"]), bytes.fromhex(doc["ciphertext"]), aad
+        )
     except KeyFileError:
         raise
     except InvalidTag as exc:
         raise KeyFileError(f"cannot decrypt {path}: wrong passphrase or altered file") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise KeyFileError(f"{path} is not an encrypted key file (plaintext keys are refused)") from exc
+        raise KeyFileError(
+            f"{path} is not an encrypted key file (plaintext keys are refused)"
+        ) from exc
     key = serialization.load_der_private_key(der, password=None)
     if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
         raise UnsupportedKeyError(f"{path} holds a {type(key).__name__}, not Ed25519 or ECDSA")

@@ -136,9 +136,7 @@ class GatewayServer:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _unary(
-        self, fn: Callable[[bytes, str], Awaitable[Any]]
-    ) -> grpc.RpcMethodHandler:
+    def _unary(self, fn: Callable[[bytes, str], Awaitable[Any]]) -> grpc.RpcMethodHandler:
         name = fn.__name__.lstrip("_")
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -148,12 +146,25 @@ class GatewayServer:
                 caller = self._authenticate(context)
                 response = await fn(request, caller)
             except GatewayError as exc:
-                log.info("gateway_call", method=name, caller=caller, decision="refused",
-                         code=exc.code, detail=str(exc))
+                log.info(
+                    "gateway_call",
+                    method=name,
+                    caller=caller,
+                    decision="refused",
+                    code=exc.code,
+                    detail=str(exc),
+                )
                 body = encode(ErrorBody(code=exc.code, message=str(exc)))
-                await context.abort(exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),))
-            log.debug("gateway_call", method=name, caller=caller, decision="allowed",
-                      ms=round((time.perf_counter() - started) * 1000, 2))
+                await context.abort(
+                    exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),)
+                )
+            log.debug(
+                "gateway_call",
+                method=name,
+                caller=caller,
+                decision="allowed",
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
             return encode(response)
 
         return grpc.unary_unary_rpc_method_handler(handler)
@@ -162,21 +173,26 @@ class GatewayServer:
         """``org/role/name`` of the TLS client certificate, issued by this org's CA."""
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
-            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated",
-                               "no client certificate")
+            raise GatewayError(
+                grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", "no client certificate"
+            )
         try:
             cert = load_certificate(pems[0])
             cert.verify_directly_issued_by(self._org_ca)
         except (IdentityError, ValueError, TypeError) as exc:
             raise GatewayError(
-                grpc.StatusCode.UNAUTHENTICATED, "unauthenticated",
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unauthenticated",
                 f"client certificate is not issued by the CA of {self._backend.org_id}: "
                 "a gateway serves its own organization's members",
             ) from exc
         org = _attr(cert, NameOID.ORGANIZATION_NAME)
         if org != self._backend.org_id:
-            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated",
-                               f"client certificate names organization {org!r}")
+            raise GatewayError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unauthenticated",
+                f"client certificate names organization {org!r}",
+            )
         role = _attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
         return f"{org}/{role}/{_attr(cert, NameOID.COMMON_NAME)}"
 
@@ -198,8 +214,9 @@ class GatewayServer:
         except UnknownContractError as exc:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "unknown_function", str(exc)) from exc
         except ContractError as exc:
-            raise GatewayError(grpc.StatusCode.FAILED_PRECONDITION, "contract_error",
-                               str(exc)) from exc
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION, "contract_error", str(exc)
+            ) from exc
 
     async def _tx_status(self, request: bytes, caller: str) -> TxStatusResponse:
         req = _decode(StatusRequest, request)
@@ -209,16 +226,20 @@ class GatewayServer:
         req = _decode(BlockRequest, request)
         raw = await self._backend.get_block(req.height)
         if raw is None:
-            raise GatewayError(grpc.StatusCode.NOT_FOUND, "not_found",
-                               f"no block at height {req.height}")
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND, "not_found", f"no block at height {req.height}"
+            )
         return BlockResponse(block=raw)
 
     async def _get_tx(self, request: bytes, caller: str) -> TxResponse:
         req = _decode(TxRequest, request)
         found = await self._backend.get_tx(req.tx_id)
         if found is None:
-            raise GatewayError(grpc.StatusCode.NOT_FOUND, "not_found",
-                               f"no committed transaction {req.tx_id.hex()}")
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND,
+                "not_found",
+                f"no committed transaction {req.tx_id.hex()}",
+            )
         return found
 
     async def _node_status(self, request: bytes, caller: str) -> NodeStatus:
@@ -229,8 +250,9 @@ def _decode(cls: type[Any], data: bytes) -> Any:
     try:
         return decode_record(cls, data, max_size=MAX_REQUEST_BYTES)
     except DecodeError as exc:
-        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "malformed",
-                           f"malformed {cls.__name__}: {exc}") from exc
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"malformed {cls.__name__}: {exc}"
+        ) from exc
 
 
 def _rejected(exc: TransactionRejectedError) -> GatewayError:

@@ -54,11 +54,14 @@ def verify_store(store: LedgerStore, genesis: Block, *, progress: Progress | Non
     membership = Membership({o.org_id: o.ca_cert_pem for o in config.orgs})
     created = datetime.fromtimestamp(config.created_ms / 1000, UTC)
     try:
-        keys = {n.node_id: membership.validate(n.signing_cert, now=created).public_key
-                for n in config.nodes}
+        keys = {
+            n.node_id: membership.validate(n.signing_cert, now=created).public_key
+            for n in config.nodes
+        }
     except IdentityError as exc:
-        raise StoredDataError(f"node certificate in genesis does not verify: {exc}",
-                              height=0) from exc
+        raise StoredDataError(
+            f"node certificate in genesis does not verify: {exc}", height=0
+        ) from exc
     parent = stored_genesis
     for height in range(1, tip + 1):
         block = store.get_block(height)
@@ -71,14 +74,22 @@ def verify_store(store: LedgerStore, genesis: Block, *, progress: Progress | Non
     if parent.block_hash() != store.tip_hash():
         raise StoredDataError("recorded tip hash differs from the last block's hash", height=tip)
     if parent.header.state_root != store.state_root():
-        raise StoredDataError("recorded state root differs from the tip's certified root",
-                              height=tip)
+        raise StoredDataError(
+            "recorded state root differs from the tip's certified root", height=tip
+        )
     _verify_state(store, tip)
     return tip
 
 
-def _verify_block(store: LedgerStore, block: Block, parent: Block, *, config: object,
-                  keys: dict[str, bytes], membership: Membership) -> None:
+def _verify_block(
+    store: LedgerStore,
+    block: Block,
+    parent: Block,
+    *,
+    config: object,
+    keys: dict[str, bytes],
+    membership: Membership,
+) -> None:
     from kyodo.ledger._types import NetworkConfig
 
     assert isinstance(config, NetworkConfig)
@@ -87,19 +98,26 @@ def _verify_block(store: LedgerStore, block: Block, parent: Block, *, config: ob
     verify_block_contents(block)
     verify_certificate(header, block.certificate, config=config, signer_keys=keys, quorum=1)
     if header.proposer not in {c.signer for c in block.certificate}:
-        raise BlockVerificationError("certificate lacks the proposer's signature",
-                                     height=header.height, reason="certificate")
+        raise BlockVerificationError(
+            "certificate lacks the proposer's signature", height=header.height, reason="certificate"
+        )
     for index, envelope in enumerate(block.txs):
         try:
-            check_envelope(envelope, membership=membership, chain_id=config.chain_id,
-                           now_ms=header.timestamp_ms,
-                           max_age_ms=config.consensus.tx_max_age_ms)
+            check_envelope(
+                envelope,
+                membership=membership,
+                chain_id=config.chain_id,
+                now_ms=header.timestamp_ms,
+                max_age_ms=config.consensus.tx_max_age_ms,
+            )
         except TransactionRejectedError as exc:
-            raise BlockVerificationError(f"transaction {index}: {exc}", height=header.height,
-                                         reason="tx_signature") from exc
+            raise BlockVerificationError(
+                f"transaction {index}: {exc}", height=header.height, reason="tx_signature"
+            ) from exc
         if store.get_tx_location(envelope.tx_id()) != (header.height, index):
-            raise StoredDataError(f"transaction index does not point at transaction {index}",
-                                  height=header.height)
+            raise StoredDataError(
+                f"transaction index does not point at transaction {index}", height=header.height
+            )
 
 
 def _verify_state(store: LedgerStore, tip: int) -> None:
@@ -115,9 +133,10 @@ def _verify_state(store: LedgerStore, tip: int) -> None:
         count += 1
         if leaves.get(sha256(state_key)) != sha256(record):
             raise StoredDataError(
-                f"state value of {state_key!r} does not match the certified state tree",
-                height=tip)
+                f"state value of {state_key!r} does not match the certified state tree", height=tip
+            )
     if count != len(leaves):
         raise StoredDataError(
             f"flat state has {count} keys but the certified state tree has {len(leaves)}",
-            height=tip)
+            height=tip,
+        )

@@ -365,7 +365,7 @@ def apply_updates(
     def kind_of(node_hash: bytes) -> int:
         if node_hash == EMPTY:
             return _K_EMPTY
-        return _K_LEAF if _read_node(reader, node_hash)[0] == 0 else _K_INTERNAL
+        return _K_INTERNAL
 
     def update(node_hash: bytes, depth: int, lo: int, hi: int) -> tuple[bytes, int]:
         # Updates lo:hi all lie under the subtree ``node_hash`` at ``depth``.
@@ -428,7 +428,7 @@ def apply_updates(
             if left_kind == _UNKNOWN:
                 left_kind = kind_of(new_left)
             if left_kind == _K_LEAF:
-                pass
+                return new_left, _K_LEAF  # (leaf, EMPTY) collapses to the leaf
         encoding = _INTERNAL_TAG + new_left + new_right
         new_hash = _sha256(encoding).digest()
         new_nodes[new_hash] = encoding

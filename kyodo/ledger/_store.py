@@ -114,7 +114,12 @@ class LedgerStore:
         self._read_only = read_only
 
     def close(self) -> None:
-        """Release the database (every append is already durable)."""
+        """Release the database and its lock (every append is already durable).
+
+        Column-family objects keep the database open, so they are dropped first.
+        """
+        self._cf.clear()
+        self._handles.clear()
         self._db.close()
 
     # -- tip ---------------------------------------------------------------------------
@@ -239,7 +244,8 @@ class LedgerStore:
         """Append ``block`` with its state changes, in one synced atomic batch.
 
         ``state_records`` maps each written state key to its new flat record (None:
-        deleted); ``history`` lists every write as (state key, tx_index, tx_id, value). The caller has verified the block; this re-checks the chain link
+        deleted); ``history`` lists every write as (state key, tx_index, tx_id, value).
+        The caller has verified the block; this re-checks the chain link
         and the state root before writing (paired with the checks on read).
         """
         header = block.header

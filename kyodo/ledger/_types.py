@@ -183,5 +183,3 @@ class NetworkConfig:
     def validators(self) -> tuple[NodeInfo, ...]:
         """The voting nodes, in configuration order."""
         return tuple(n for n in self.nodes if n.validator)
-
-

@@ -160,8 +160,7 @@ def verify_block_contents(block: Block) -> None:
     results_root = compute_results_root(block.results)
     if results_root != header.results_root:
         raise BlockVerificationError(
-            f"results root {results_root.hex()} differs from header's "
-            f"{header.results_root.hex()}",
+            f"results root {results_root.hex()} differs from header's {header.results_root.hex()}",
             height=header.height,
             reason="results_root",
         )

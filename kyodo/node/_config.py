@@ -30,7 +30,7 @@ class NodeConfig:
     signing_key: str = "signing.key"
     tls_cert: str = "tls.pem"
     tls_key: str = "tls.key"
-    passphrase: str = "file:passphrase"
+    passphrase: str = "file:passphrase"  # noqa: S105 - a source, not a secret
     max_frame_bytes: int = 32 * 1024 * 1024
     tick_ms: int = 10
     submit_wait_max_ms: int = 60_000

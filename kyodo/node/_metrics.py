@@ -16,13 +16,15 @@ class NodeMetrics:
         self.height = Gauge("kyodo_block_height", "Height of the last appended block", registry=r)
         self.peers = Gauge("kyodo_peers_connected", "Peers with an open stream", registry=r)
         self.txs_committed = Counter("kyodo_txs_committed", "Transactions appended", registry=r)
-        self.txs_rejected = Counter("kyodo_txs_rejected", "Transactions refused at the gateway",
-                                    ["reason"], registry=r)
-        self.blocks_rejected = Counter("kyodo_blocks_rejected",
-                                       "Peer blocks that failed verification", ["reason"],
-                                       registry=r)
-        self.messages_rejected = Counter("kyodo_peer_messages_rejected",
-                                         "Peer messages refused", ["reason"], registry=r)
+        self.txs_rejected = Counter(
+            "kyodo_txs_rejected", "Transactions refused at the gateway", ["reason"], registry=r
+        )
+        self.blocks_rejected = Counter(
+            "kyodo_blocks_rejected", "Peer blocks that failed verification", ["reason"], registry=r
+        )
+        self.messages_rejected = Counter(
+            "kyodo_peer_messages_rejected", "Peer messages refused", ["reason"], registry=r
+        )
 
     def start_server(self, host: str, port: int) -> None:
         """Serve /metrics on ``host:port`` (a daemon thread)."""

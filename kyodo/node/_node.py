@@ -46,7 +46,7 @@ from kyodo.consensus import (
     SyncResponse,
 )
 from kyodo.contracts import BUILTIN_CONTRACTS, Executor
-from kyodo.crypto import Ed25519Signer, load_private_key, read_passphrase, sha256
+from kyodo.crypto import Ed25519Signer, load_private_key, read_passphrase
 from kyodo.gateway import GatewayServer
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
@@ -55,6 +55,7 @@ from kyodo.ledger import (
     BlockVerificationError,
     CheckedTx,
     CommitSignature,
+    Height,
     LedgerError,
     LedgerStore,
     NetworkConfig,
@@ -77,7 +78,6 @@ from kyodo.wire import (
     EvaluateResponse,
     NodeStatus,
     TxResponse,
-    TxStatus,
     TxStatusResponse,
 )
 
@@ -118,7 +118,9 @@ class Node:
             raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
         self.org_id = me.org_id
         self._signer_keys = {
-            n.node_id: self.membership.validate(n.signing_cert, now=_utc(self.config.created_ms)).public_key
+            n.node_id: self.membership.validate(
+                n.signing_cert, now=_utc(self.config.created_ms)
+            ).public_key
             for n in self.config.nodes
         }
         if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
@@ -150,14 +152,21 @@ class Node:
         assert height is not None
         validators = tuple(n.node_id for n in self.config.validators())
         self.consensus = SingleLeader(
-            node_id=self.cfg.node_id, validators=validators, params=self.config.consensus,
+            node_id=self.cfg.node_id,
+            validators=validators,
+            params=self.config.consensus,
             height=height,
         )
         self.metrics.height.set(height)
         await self._start_network()
         self._ready = True
-        log.info("node_ready", node=self.cfg.node_id, height=height,
-                 leader=self.consensus.leader(), gateway=self.cfg.gateway_port)
+        log.info(
+            "node_ready",
+            node=self.cfg.node_id,
+            height=height,
+            leader=self.consensus.leader(),
+            gateway=self.cfg.gateway_port,
+        )
         ticker = asyncio.create_task(self._tick_loop())
         await self._stopping.wait()
         log.info("node_stopping", node=self.cfg.node_id)
@@ -172,8 +181,9 @@ class Node:
         store = LedgerStore(self.cfg.resolve(self.home, self.cfg.data_dir))
         if store.height() is None:
             empty = prepare_state(store, store.state_root(), 0, {}, [])
-            store.append_block(self.genesis, state_records={}, history=[],
-                               tree_update=empty.tree_update)
+            store.append_block(
+                self.genesis, state_records={}, history=[], tree_update=empty.tree_update
+            )
         if store.genesis_hash() != self.genesis.block_hash():
             raise LedgerError("the store belongs to another network (genesis hash differs)")
         self._check_tip(store)
@@ -197,29 +207,40 @@ class Node:
         ca_pems = [o.ca_cert_pem for o in self.config.orgs]
         peers = [
             PeerAddress(
-                node_id=n.node_id, host=n.host, port=n.p2p_port,
-                tls_fingerprint=fingerprint(load_certificate(n.tls_cert_pem).public_bytes(
-                    serialization.Encoding.DER)),
+                node_id=n.node_id,
+                host=n.host,
+                port=n.p2p_port,
+                tls_fingerprint=fingerprint(
+                    load_certificate(n.tls_cert_pem).public_bytes(serialization.Encoding.DER)
+                ),
             )
             for n in self.config.nodes
         ]
         self.p2p = PeerNetwork(
-            node_id=self.cfg.node_id, listen_host=self.cfg.listen_host,
-            listen_port=self.cfg.p2p_port, peers=peers,
+            node_id=self.cfg.node_id,
+            listen_host=self.cfg.listen_host,
+            listen_port=self.cfg.p2p_port,
+            peers=peers,
             server_ssl=server_context(ca_pems, self._tls_cert_pem, self._tls_key),
             client_ssl=client_context(ca_pems, self._tls_cert_pem, self._tls_key),
-            on_frame=self._on_frame, on_connected=self._on_connected,
+            on_frame=self._on_frame,
+            on_connected=self._on_connected,
             max_frame_bytes=self.cfg.max_frame_bytes,
         )
         await self.p2p.start()
         org = next(o for o in self.config.orgs if o.org_id == self.org_id)
         key_pem = self._tls_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )  # held in memory only, handed to gRPC's TLS stack
         self.gateway = GatewayServer(
-            backend=self, org_ca_pem=org.ca_cert_pem, all_ca_pems=ca_pems,
-            cert_pem=self._tls_cert_pem, key_pem=key_pem, host=self.cfg.listen_host,
+            backend=self,
+            org_ca_pem=org.ca_cert_pem,
+            all_ca_pems=ca_pems,
+            cert_pem=self._tls_cert_pem,
+            key_pem=key_pem,
+            host=self.cfg.listen_host,
             port=self.cfg.gateway_port,
         )
         await self.gateway.start()
@@ -279,9 +300,14 @@ class Node:
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
             self.metrics.blocks_rejected.labels(getattr(exc, "reason", "invalid")).inc()
             self._last_error = f"rejected block {block.header.height} from {sender}: {exc}"
-            log.warning("block_rejected", height=block.header.height, sender=sender,
-                        error=type(exc).__name__, reason=getattr(exc, "reason", ""),
-                        detail=str(exc))
+            log.warning(
+                "block_rejected",
+                height=block.header.height,
+                sender=sender,
+                error=type(exc).__name__,
+                reason=getattr(exc, "reason", ""),
+                detail=str(exc),
+            )
             self._apply(self.consensus.on_block_rejected(block, sender, now_ms()))
             return
         self._on_appended(block)
@@ -295,22 +321,29 @@ class Node:
             self._recent.pop(tx_id, None)
             for waiter in self._waiters.pop(tx_id, []):
                 if not waiter.done():
-                    waiter.set_result(_final(tx_id, height, index, result.status,
-                                             result.result, result.message))
+                    waiter.set_result(
+                        _final(tx_id, height, index, result.status, result.result, result.message)
+                    )
         self._apply(self.consensus.on_block_appended(block, now_ms()))
 
     # -- ledger thread: build, verify, append ----------------------------------------
 
-    def _check_batch(self, txs: tuple[TxEnvelope, ...], block_time: int,
-                     ) -> tuple[list[CheckedTx], list[bytes]]:
+    def _check_batch(
+        self,
+        txs: tuple[TxEnvelope, ...],
+        block_time: int,
+    ) -> tuple[list[CheckedTx], list[bytes]]:
         checked: list[CheckedTx] = []
         dropped: list[bytes] = []
         seen: set[bytes] = set()
         for envelope in txs:
             try:
                 tx = check_envelope(
-                    envelope, membership=self.membership, chain_id=self.chain_id,
-                    now_ms=block_time, max_age_ms=self.config.consensus.tx_max_age_ms,
+                    envelope,
+                    membership=self.membership,
+                    chain_id=self.chain_id,
+                    now_ms=block_time,
+                    max_age_ms=self.config.consensus.tx_max_age_ms,
                 )
             except TransactionRejectedError as exc:
                 log.info("tx_dropped_at_ordering", tx=envelope.tx_id().hex(), reason=exc.reason)
@@ -323,8 +356,11 @@ class Node:
             checked.append(tx)
         return checked, dropped
 
-    def _build_block(self, txs: tuple[TxEnvelope, ...], now: int,
-                     ) -> tuple[Block | None, list[bytes]]:
+    def _build_block(
+        self,
+        txs: tuple[TxEnvelope, ...],
+        now: int,
+    ) -> tuple[Block | None, list[bytes]]:
         store = self.store
         height = store.height()
         assert height is not None
@@ -334,26 +370,39 @@ class Node:
         checked, dropped = self._check_batch(txs, block_time)
         if not checked:
             return None, dropped
-        execution = self.executor.execute_block(store, checked, height=height + 1,
-                                                block_time_ms=block_time)
-        prepared = prepare_state(store, store.state_root(), height + 1, execution.writes,
-                                 execution.history)
+        execution = self.executor.execute_block(
+            store, checked, height=height + 1, block_time_ms=block_time
+        )
+        prepared = prepare_state(
+            store, store.state_root(), height + 1, execution.writes, execution.history
+        )
         envelopes = tuple(c.envelope for c in checked)
         header = BlockHeader(
-            chain_id=self.chain_id, height=height + 1, prev_hash=parent.block_hash(),
+            chain_id=self.chain_id,
+            height=Height(height + 1),
+            prev_hash=parent.block_hash(),
             txs_root=compute_txs_root(envelopes),
             results_root=compute_results_root(execution.results),
-            state_root=prepared.tree_update.root, timestamp_ms=block_time,
-            proposer=self.cfg.node_id, epoch=0, config_hash=bytes(32),
+            state_root=prepared.tree_update.root,
+            timestamp_ms=block_time,
+            proposer=self.cfg.node_id,
+            epoch=0,
+            config_hash=bytes(32),
         )
         signature = self._signer.sign(commit_message(self.chain_id, header.block_hash()))
         block = Block(
-            header=header, txs=envelopes, results=execution.results,
+            header=header,
+            txs=envelopes,
+            results=execution.results,
             certificate=(CommitSignature(signer=self.cfg.node_id, signature=signature),),
             config=None,
         )
-        store.append_block(block, state_records=prepared.state_records,
-                           history=prepared.history, tree_update=prepared.tree_update)
+        store.append_block(
+            block,
+            state_records=prepared.state_records,
+            history=prepared.history,
+            tree_update=prepared.tree_update,
+        )
         return block, dropped
 
     def _verify_and_append(self, block: Block) -> None:
@@ -368,36 +417,50 @@ class Node:
         if header.proposer != self.consensus.leader() or block.config is not None:
             raise BlockVerificationError(
                 f"proposed by {header.proposer}, not the leader {self.consensus.leader()}",
-                height=header.height, reason="proposer",
+                height=header.height,
+                reason="proposer",
             )
-        verify_certificate(header, block.certificate, config=self.config,
-                           signer_keys=self._signer_keys, quorum=1)
+        verify_certificate(
+            header, block.certificate, config=self.config, signer_keys=self._signer_keys, quorum=1
+        )
         if {c.signer for c in block.certificate} != {header.proposer}:
-            raise BlockVerificationError("certificate is not the proposer's signature",
-                                         height=header.height, reason="certificate")
+            raise BlockVerificationError(
+                "certificate is not the proposer's signature",
+                height=header.height,
+                reason="certificate",
+            )
         verify_block_contents(block)
         checked, dropped = self._check_batch(block.txs, header.timestamp_ms)
         if dropped:
             raise BlockVerificationError(
                 f"block carries {len(dropped)} invalid or duplicate transactions "
                 f"(first {dropped[0].hex()})",
-                height=header.height, reason="invalid_tx",
+                height=header.height,
+                reason="invalid_tx",
             )
-        execution = self.executor.execute_block(store, checked, height=header.height,
-                                                block_time_ms=header.timestamp_ms)
+        execution = self.executor.execute_block(
+            store, checked, height=header.height, block_time_ms=header.timestamp_ms
+        )
         if compute_results_root(execution.results) != header.results_root:
-            raise BlockVerificationError("re-execution gives different results",
-                                         height=header.height, reason="results")
-        prepared = prepare_state(store, store.state_root(), header.height, execution.writes,
-                                 execution.history)
+            raise BlockVerificationError(
+                "re-execution gives different results", height=header.height, reason="results"
+            )
+        prepared = prepare_state(
+            store, store.state_root(), header.height, execution.writes, execution.history
+        )
         if prepared.tree_update.root != header.state_root:
             raise BlockVerificationError(
                 f"re-execution gives state root {prepared.tree_update.root.hex()}, "
                 f"block says {header.state_root.hex()}",
-                height=header.height, reason="state_root",
+                height=header.height,
+                reason="state_root",
             )
-        store.append_block(block, state_records=prepared.state_records,
-                           history=prepared.history, tree_update=prepared.tree_update)
+        store.append_block(
+            block,
+            state_records=prepared.state_records,
+            history=prepared.history,
+            tree_update=prepared.tree_update,
+        )
 
     # -- p2p -------------------------------------------------------------------------
 
@@ -409,8 +472,9 @@ class Node:
             message = decode(payload, max_size=self.cfg.max_frame_bytes)
         except DecodeError as exc:
             self.metrics.messages_rejected.labels("malformed").inc()
-            log.warning("peer_message_rejected", peer=peer, error=type(exc).__name__,
-                        detail=str(exc)[:200])
+            log.warning(
+                "peer_message_rejected", peer=peer, error=type(exc).__name__, detail=str(exc)[:200]
+            )
             return
         if isinstance(message, ForwardTx):
             self._spawn(self._on_forwarded(message.envelope, peer))
@@ -420,8 +484,12 @@ class Node:
             self._apply(self.consensus.on_message(peer, message, now_ms()))
         else:
             self.metrics.messages_rejected.labels("unexpected").inc()
-            log.warning("peer_message_rejected", peer=peer, error="UnexpectedMessage",
-                        detail=type(message).__name__)
+            log.warning(
+                "peer_message_rejected",
+                peer=peer,
+                error="UnexpectedMessage",
+                detail=type(message).__name__,
+            )
 
     async def _on_forwarded(self, envelope: TxEnvelope, peer: str) -> None:
         try:
@@ -435,8 +503,9 @@ class Node:
         def read() -> list[Block]:
             blocks: list[Block] = []
             size = 0
-            for height in range(request.from_height,
-                                request.from_height + min(request.max_blocks, 256)):
+            for height in range(
+                request.from_height, request.from_height + min(request.max_blocks, 256)
+            ):
                 raw = self.store.get_block_bytes(height)
                 if raw is None or size + len(raw) > _SYNC_MAX_BYTES:
                     break
@@ -459,18 +528,22 @@ class Node:
     async def _admit(self, envelope: TxEnvelope) -> CheckedTx:
         """Check a transaction for ordering (signature, creator, freshness, replay)."""
         checked = check_envelope(
-            envelope, membership=self.membership, chain_id=self.chain_id, now_ms=now_ms(),
+            envelope,
+            membership=self.membership,
+            chain_id=self.chain_id,
+            now_ms=now_ms(),
             max_age_ms=self.config.consensus.tx_max_age_ms,
         )
         tx_id = checked.tx_id
         if tx_id in self._recent or self.consensus.contains(tx_id):
             raise TransactionRejectedError(
-                f"transaction {tx_id.hex()} was already submitted", reason="duplicate")
+                f"transaction {tx_id.hex()} was already submitted", reason="duplicate"
+            )
         location = await self._in_reader(self.store.get_tx_location, tx_id)
         if location is not None:
             raise TransactionRejectedError(
-                f"transaction {tx_id.hex()} is already in block {location[0]}",
-                reason="duplicate")
+                f"transaction {tx_id.hex()} is already in block {location[0]}", reason="duplicate"
+            )
         if self.consensus.is_pool_full():
             raise TransactionRejectedError("the request pool is full; retry later", reason="busy")
         self._recent[tx_id] = now_ms()
@@ -491,14 +564,22 @@ class Node:
         self._apply(self.consensus.on_request(envelope, tx_id, now_ms()))
         return await self._wait(tx_id, waiter, wait_ms)
 
-    async def _wait(self, tx_id: bytes, waiter: asyncio.Future[TxStatusResponse],
-                    wait_ms: int) -> TxStatusResponse:
+    async def _wait(
+        self, tx_id: bytes, waiter: asyncio.Future[TxStatusResponse], wait_ms: int
+    ) -> TxStatusResponse:
         try:
             timeout = min(max(wait_ms, 0), self.cfg.submit_wait_max_ms) / 1000
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            return TxStatusResponse(tx_id=tx_id, state="pending", height=-1, tx_index=-1,
-                                    status=-1, result=None, message="not final yet")
+            return TxStatusResponse(
+                tx_id=tx_id,
+                state="pending",
+                height=-1,
+                tx_index=-1,
+                status=-1,
+                result=None,
+                message="not final yet",
+            )
         finally:
             waiters = self._waiters.get(tx_id)
             if waiters is not None and waiter.done() is False:
@@ -510,15 +591,19 @@ class Node:
     async def evaluate(self, envelope: TxEnvelope) -> EvaluateResponse:
         """Run a query against committed state (nothing is written)."""
         checked = check_envelope(
-            envelope, membership=self.membership, chain_id=self.chain_id, now_ms=now_ms(),
+            envelope,
+            membership=self.membership,
+            chain_id=self.chain_id,
+            now_ms=now_ms(),
             max_age_ms=self.config.consensus.tx_max_age_ms,
         )
 
         def run() -> EvaluateResponse:
             height = self.store.height()
             assert height is not None
-            result = self.executor.evaluate(self.store, checked, height=height,
-                                            block_time_ms=now_ms())
+            result = self.executor.evaluate(
+                self.store, checked, height=height, block_time_ms=now_ms()
+            )
             return EvaluateResponse(result=result, height=height)
 
         return await self._in_reader(run)  # type: ignore[no-any-return]
@@ -527,11 +612,19 @@ class Node:
         """Where a transaction stands; waits for finality if pending."""
         found = await self.get_tx(tx_id)
         if found is not None:
-            return _final(tx_id, found.height, found.tx_index, found.status, found.result,
-                          found.message)
+            return _final(
+                tx_id, found.height, found.tx_index, found.status, found.result, found.message
+            )
         if tx_id not in self._recent and not self.consensus.contains(tx_id):
-            return TxStatusResponse(tx_id=tx_id, state="unknown", height=-1, tx_index=-1,
-                                    status=-1, result=None, message="not known to this node")
+            return TxStatusResponse(
+                tx_id=tx_id,
+                state="unknown",
+                height=-1,
+                tx_index=-1,
+                status=-1,
+                result=None,
+                message="not known to this node",
+            )
         waiter: asyncio.Future[TxStatusResponse] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(tx_id, []).append(waiter)
         return await self._wait(tx_id, waiter, wait_ms)
@@ -556,9 +649,14 @@ class Node:
             block = self.store.get_block(location[0])
             assert block is not None
             envelope, result = block.txs[location[1]], block.results[location[1]]
-            return TxResponse(envelope=envelope, height=location[0], tx_index=location[1],
-                              status=result.status, result=result.result,
-                              message=result.message)
+            return TxResponse(
+                envelope=envelope,
+                height=location[0],
+                tx_index=location[1],
+                status=result.status,
+                result=result.result,
+                message=result.message,
+            )
 
         return await self._in_reader(read)  # type: ignore[no-any-return]
 
@@ -572,18 +670,32 @@ class Node:
         if self._last_error:
             detail += f"; last error: {self._last_error}"
         return NodeStatus(
-            node_id=self.cfg.node_id, org_id=self.org_id,
+            node_id=self.cfg.node_id,
+            org_id=self.org_id,
             role="leader" if self.consensus.is_leader() else "follower",
-            height=-1 if height is None else height, tip_hash=self.store.tip_hash(),
-            state_root=self.store.state_root(), peers_connected=connected, healthy=healthy,
-            detail=detail, version=kyodo.__version__, chain_id=self.chain_id,
+            height=-1 if height is None else height,
+            tip_hash=self.store.tip_hash(),
+            state_root=self.store.state_root(),
+            peers_connected=connected,
+            healthy=healthy,
+            detail=detail,
+            version=kyodo.__version__,
+            chain_id=self.chain_id,
         )
 
 
-def _final(tx_id: bytes, height: int, index: int, status: int, result: Any,
-           message: str) -> TxStatusResponse:
-    return TxStatusResponse(tx_id=tx_id, state="final", height=height, tx_index=index,
-                            status=status, result=result, message=message)
+def _final(
+    tx_id: bytes, height: int, index: int, status: int, result: Any, message: str
+) -> TxStatusResponse:
+    return TxStatusResponse(
+        tx_id=tx_id,
+        state="final",
+        height=height,
+        tx_index=index,
+        status=status,
+        result=result,
+        message=message,
+    )
 
 
 def _utc(ms: int) -> Any:
@@ -615,5 +727,3 @@ def _configure_logging() -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-
-

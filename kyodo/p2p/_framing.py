@@ -38,4 +38,6 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
     try:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
-        raise MalformedFrameError(f"connection closed after {len(exc.partial)} of {size} bytes") from exc
+        raise MalformedFrameError(
+            f"connection closed after {len(exc.partial)} of {size} bytes"
+        ) from exc

@@ -93,7 +93,10 @@ class PeerNetwork:
     async def start(self) -> None:
         """Listen, and start dialing every peer."""
         self._server = await asyncio.start_server(
-            self._accept, self._listen[0], self._listen[1], ssl=self._server_ssl,
+            self._accept,
+            self._listen[0],
+            self._listen[1],
+            ssl=self._server_ssl,
             limit=self.max_frame_bytes + 16,
         )
         for peer in self._peers.values():
@@ -210,7 +213,9 @@ class PeerNetwork:
             await asyncio.sleep(backoff)
 
     async def _pump(
-        self, queue: asyncio.Queue[bytes], reader: asyncio.StreamReader,
+        self,
+        queue: asyncio.Queue[bytes],
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         closed = asyncio.create_task(reader.read(1))  # the peer never sends on this stream

@@ -33,7 +33,8 @@ def load_key_chain(ctx: ssl.SSLContext, cert_pem: bytes, key: ec.EllipticCurvePr
         os.write(key_fd, pem)
         os.write(cert_fd, cert_pem)
         ctx.load_cert_chain(
-            certfile=f"/proc/self/fd/{cert_fd}", keyfile=f"/proc/self/fd/{key_fd}",
+            certfile=f"/proc/self/fd/{cert_fd}",
+            keyfile=f"/proc/self/fd/{key_fd}",
             password=password,
         )
     finally:
@@ -41,8 +42,9 @@ def load_key_chain(ctx: ssl.SSLContext, cert_pem: bytes, key: ec.EllipticCurvePr
         os.close(cert_fd)
 
 
-def _base(ctx: ssl.SSLContext, ca_pems: list[bytes], cert_pem: bytes,
-          key: ec.EllipticCurvePrivateKey) -> ssl.SSLContext:
+def _base(
+    ctx: ssl.SSLContext, ca_pems: list[bytes], cert_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=b"".join(ca_pems).decode())
@@ -50,14 +52,16 @@ def _base(ctx: ssl.SSLContext, ca_pems: list[bytes], cert_pem: bytes,
     return ctx
 
 
-def server_context(ca_pems: list[bytes], cert_pem: bytes,
-                   key: ec.EllipticCurvePrivateKey) -> ssl.SSLContext:
+def server_context(
+    ca_pems: list[bytes], cert_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> ssl.SSLContext:
     """A TLS 1.3 server context that requires a client certificate from a member CA."""
     return _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ca_pems, cert_pem, key)
 
 
-def client_context(ca_pems: list[bytes], cert_pem: bytes,
-                   key: ec.EllipticCurvePrivateKey) -> ssl.SSLContext:
+def client_context(
+    ca_pems: list[bytes], cert_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> ssl.SSLContext:
     """A TLS 1.3 client context presenting our certificate and checking the server's."""
     ctx = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca_pems, cert_pem, key)
     ctx.check_hostname = True

@@ -107,5 +107,3 @@ class TxResult:
     """Why the transaction failed (the contract's message), empty when OK."""
     events: tuple[Event, ...]
     """Events emitted, in emission order; empty unless OK."""
-
-
