@@ -312,6 +312,8 @@ def _typed_error(exc: grpc.RpcError) -> KyodoError:
             return _from_body(body)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"gateway unavailable: {message}", code="unavailable")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return KyodoError(f"request refused as too large: {message}", code="too_large")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(message or "unauthenticated", code="unauthenticated")
     return KyodoError(f"gateway error {code}: {message}", code="error")

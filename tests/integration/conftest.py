@@ -63,7 +63,8 @@ def start_network(folder: Path, orgs: int = 4) -> LocalNetwork:
         net.start(node)
     wait_until(
         lambda: all(s is not None and s.healthy for s in statuses(net)),
-        timeout_s=60, what="every node healthy",
+        timeout_s=60,
+        what="every node healthy",
     )
     return net
 

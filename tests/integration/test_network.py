@@ -20,8 +20,12 @@ KYODO = [sys.executable, "-m", "kyodo.cli._main"]
 def kyodo(*args: str, folder: Path) -> subprocess.CompletedProcess[str]:
     """Run the real ``kyodo`` command against the network folder."""
     return subprocess.run(
-        [*KYODO, *args, "--dir", str(folder)], capture_output=True, text=True, timeout=120,
-        check=False, env={**os.environ, "COLUMNS": "200"},
+        [*KYODO, *args, "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
     )
 
 
@@ -40,8 +44,11 @@ def open_accounts(net: LocalNetwork, clients: int, prefix: str) -> list[tuple[st
     return pairs
 
 
-def transfer_load(net: LocalNetwork, pairs: list[tuple[str, str, str]], per_client: int,
-                  ) -> tuple[list[str], list[Exception]]:
+def transfer_load(
+    net: LocalNetwork,
+    pairs: list[tuple[str, str, str]],
+    per_client: int,
+) -> tuple[list[str], list[Exception]]:
     """Each client submits ``per_client`` transfers and waits for each to be final."""
     final_ids: list[str] = []
     errors: list[Exception] = []
@@ -111,8 +118,11 @@ def test_node_killed_with_sigkill_under_load_restarts_and_catches_up(network):
 
     worker = threading.Thread(target=load)
     worker.start()
-    wait_until(lambda: (node_status(network, victim) or object()).__getattribute__("height") > 0,
-               timeout_s=10, what="victim serving")
+    wait_until(
+        lambda: (node_status(network, victim) or object()).__getattribute__("height") > 0,
+        timeout_s=10,
+        what="victim serving",
+    )
     assert network.stop(victim, kill=True)
     worker.join(timeout=300)
     final_ids, errors = done["result"]  # type: ignore[misc]
@@ -137,22 +147,46 @@ def test_cli_status_lists_every_node_with_the_same_tip(network):
 
 
 def test_cli_submit_query_show_and_block_show(network):
-    out = kyodo("tx", "submit", "asset_transfer", "create_account", "carol", "--org", "org4",
-                "--json", folder=network.folder)
+    out = kyodo(
+        "tx",
+        "submit",
+        "asset_transfer",
+        "create_account",
+        "carol",
+        "--org",
+        "org4",
+        "--json",
+        folder=network.folder,
+    )
     assert out.returncode == 0, out.stderr
     submitted = json.loads(out.stdout)
     assert submitted["status"] == "ok" and submitted["result"]["owner"] == "org4/user1"
-    shown = json.loads(kyodo("tx", "show", submitted["tx_id"], "--org", "org1", "--json",
-                             folder=network.folder).stdout)
+    shown = json.loads(
+        kyodo(
+            "tx", "show", submitted["tx_id"], "--org", "org1", "--json", folder=network.folder
+        ).stdout
+    )
     assert shown["function"] == "create_account" and shown["args"] == ["carol"]
-    block = json.loads(kyodo("block", "show", str(submitted["height"]), "--json",
-                             folder=network.folder).stdout)
+    block = json.loads(
+        kyodo("block", "show", str(submitted["height"]), "--json", folder=network.folder).stdout
+    )
     assert submitted["tx_id"] in [t["tx_id"] for t in block["transactions"]]
-    query = kyodo("tx", "query", "asset_transfer", "balance", "carol", "--json",
-                  folder=network.folder)
+    query = kyodo(
+        "tx", "query", "asset_transfer", "balance", "carol", "--json", folder=network.folder
+    )
     assert query.returncode == 0 and json.loads(query.stdout) == 0
-    failed = kyodo("tx", "submit", "asset_transfer", "transfer", "carol", "nobody", "1",
-                   "--org", "org4", folder=network.folder)
+    failed = kyodo(
+        "tx",
+        "submit",
+        "asset_transfer",
+        "transfer",
+        "carol",
+        "nobody",
+        "1",
+        "--org",
+        "org4",
+        folder=network.folder,
+    )
     assert failed.returncode == 2 and "does not exist" in failed.stdout
     assert "Traceback" not in failed.stdout + failed.stderr
 

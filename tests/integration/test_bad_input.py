@@ -1,0 +1,409 @@
+"""Bad input on real processes: every case is a typed rejection; nodes keep running, lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+import struct
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from kyodo.cli._network import LocalNetwork, NodeEntry
+from kyodo.client import KyodoError, TransactionRejected, Unauthenticated, Unavailable
+from kyodo.client._gateway import Gateway
+from kyodo.codec import decode_record, encode
+from kyodo.consensus import BlockMessage
+from kyodo.crypto import ZERO_HASH, Ed25519Signer, load_private_key
+from kyodo.identity import CertificateAuthority, Role
+from kyodo.ledger import (
+    Block,
+    BlockHeader,
+    CommitSignature,
+    TxEnvelope,
+    TxResult,
+    commit_message,
+    compute_results_root,
+    compute_txs_root,
+)
+from kyodo.p2p import client_context, encode_frame
+from kyodo.wire import SubmitRequest, Transaction, TxStatusResponse
+from tests.integration.conftest import node_status, wait_converged, wait_until
+
+
+def passphrase(net: LocalNetwork, org: str) -> bytes:
+    return (net.folder / "orgs" / org / "passphrase").read_bytes().strip()
+
+
+def metric(node: NodeEntry, name: str, **labels: str) -> float:
+    """Current value of a node's Prometheus metric (0 if not yet exported)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read()
+    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name + ("{" + label + "}" if label else "")) + r" ([0-9.e+]+)"
+    found = re.search(pattern, text.decode())
+    return float(found.group(1)) if found else 0.0
+
+
+def node_tls(net: LocalNetwork, node: NodeEntry) -> ssl.SSLContext:
+    """A client TLS context presenting ``node``'s own TLS certificate (as that node would)."""
+    key = load_private_key(node.home / "tls.key", passphrase(net, node.org_id))
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    bundle = (net.folder / "ca-bundle.pem").read_bytes()
+    return client_context([bundle], (node.home / "tls.pem").read_bytes(), key)
+
+
+async def _exchange(port: int, ctx: ssl.SSLContext, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
+    )
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10)  # b"" once the node closes
+    finally:
+        writer.close()
+
+
+def send_to_peer(port: int, ctx: ssl.SSLContext, data: bytes) -> bytes:
+    """Write raw bytes on a p2p connection; return what came back before the node closed it."""
+    return asyncio.run(_exchange(port, ctx, data))
+
+
+def send_and_hold(port: int, ctx: ssl.SSLContext, data: bytes, until: object) -> None:
+    """Write bytes and keep the connection open until ``until()`` holds (deadline 20 s)."""
+
+    async def run() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
+        )
+        writer.write(data)
+        await writer.drain()
+        deadline = time.monotonic() + 20
+        while not until() and time.monotonic() < deadline:  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    asyncio.run(run())
+
+
+def leader_signer(net: LocalNetwork) -> Ed25519Signer:
+    leader = net.node("org1-node0")
+    key = load_private_key(leader.home / "signing.key", passphrase(net, "org1"))
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return Ed25519Signer(key)
+
+
+def next_block(
+    net: LocalNetwork,
+    gw: Gateway,
+    *,
+    signer: Ed25519Signer,
+    state_root: bytes | None,
+    prev_hash: bytes | None = None,
+) -> Block:
+    """A block on top of the tip holding one call to a function that does not exist.
+
+    Its real outcome is known without executing it: status UNKNOWN_FUNCTION, no writes,
+    so the real state root is the tip's. ``state_root``/``prev_hash`` override the truth.
+    """
+    tip = decode_record(Block, gw.block(-1))
+    envelope = gw.sign("asset_transfer", "no_such_function", ())
+    result = TxResult(
+        tx_id=envelope.tx_id(),
+        status=2,
+        result=None,
+        events=(),
+        message="contract 'asset_transfer' has no function 'no_such_function'",
+    )
+    header = BlockHeader(
+        chain_id=tip.header.chain_id,
+        height=tip.header.height + 1,
+        prev_hash=prev_hash if prev_hash is not None else tip.block_hash(),
+        txs_root=compute_txs_root((envelope,)),
+        results_root=compute_results_root((result,)),
+        state_root=state_root if state_root is not None else tip.header.state_root,
+        timestamp_ms=max(time.time_ns() // 1_000_000, tip.header.timestamp_ms),
+        proposer="org1-node0",
+        epoch=0,
+        config_hash=ZERO_HASH,
+    )
+    signature = signer.sign(commit_message(header.chain_id, header.block_hash()))
+    return Block(
+        header=header,
+        txs=(envelope,),
+        results=(result,),
+        config=None,
+        certificate=(CommitSignature(signer="org1-node0", signature=signature),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong_state_root", "state_root"),
+        ("forged_certificate", "certificate"),
+        ("broken_link", "prev_hash"),
+    ],
+)
+def test_tampered_block_sent_to_a_follower_is_rejected_and_not_stored(network, case, reason):
+    follower = network.node("org2-node0")
+    before = wait_converged(network)
+    rejected_before = metric(follower, "kyodo_blocks_rejected_total", reason=reason)
+    with network.gateway("org1") as gw:
+        if (
+            case == "wrong_state_root"
+        ):  # signed with the leader's real key: only re-execution catches it
+            block = next_block(
+                network, gw, signer=leader_signer(network), state_root=os.urandom(32)
+            )
+        elif case == "forged_certificate":
+            block = next_block(network, gw, signer=Ed25519Signer.generate(), state_root=None)
+        else:
+            block = next_block(
+                network,
+                gw,
+                signer=leader_signer(network),
+                state_root=None,
+                prev_hash=os.urandom(32),
+            )
+    frame = encode_frame(encode(BlockMessage(block=block)))
+    send_and_hold(
+        follower.p2p_port,
+        node_tls(network, network.node("org1-node0")),
+        frame,
+        until=lambda: (
+            metric(follower, "kyodo_blocks_rejected_total", reason=reason) > rejected_before
+        ),
+    )
+    assert metric(follower, "kyodo_blocks_rejected_total", reason=reason) == rejected_before + 1
+    status = node_status(network, follower)
+    assert status.height == before.height and status.tip_hash == before.tip_hash
+    with network.gateway("org2") as gw:  # the chain goes on, without the tampered block
+        outcome = gw.contract("asset_transfer").submit_transaction(
+            "create_account", f"after-{case}"
+        )
+        stored = decode_record(Block, gw.block(outcome.height))
+    assert stored.block_hash() != block.block_hash()
+    wait_converged(network)
+
+
+def test_malformed_message_is_rejected_and_the_node_keeps_running(network):
+    target = network.node("org3-node0")
+    before = metric(target, "kyodo_peer_messages_rejected_total", reason="malformed")
+    send_and_hold(
+        target.p2p_port,
+        node_tls(network, network.node("org1-node0")),
+        encode_frame(b"\x85\x01\x02garbage that is not canonical cbor"),
+        until=lambda: (
+            metric(target, "kyodo_peer_messages_rejected_total", reason="malformed") > before
+        ),
+    )
+    assert metric(target, "kyodo_peer_messages_rejected_total", reason="malformed") == before + 1
+    assert node_status(network, target).healthy
+
+
+def test_oversized_frame_closes_the_connection_and_the_node_keeps_running(network):
+    target = network.node("org3-node0")
+    header = struct.pack(">I", 32 * 1024 * 1024 + 1)  # one byte over the configured limit
+    reply = send_to_peer(
+        target.p2p_port, node_tls(network, network.node("org1-node0")), header + b"x" * 100
+    )
+    assert reply == b""  # closed by the node, nothing read beyond the header
+    log = (target.home / "node.log").read_text()
+    assert "FrameTooLargeError" in log
+    assert node_status(network, target).healthy
+
+
+def evil_ca(org: str) -> tuple[CertificateAuthority, datetime]:
+    now = datetime.now(UTC)
+    return CertificateAuthority.create(org, now=now), now
+
+
+def test_peer_with_a_certificate_from_an_unknown_ca_cannot_connect(network, tmp_path: Path):
+    ca, now = evil_ca("org1")  # same organization name, different key
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue_tls_cert(
+        name="org1-node0",
+        role=Role.NODE,
+        public_key=key.public_key(),
+        now=now,
+        hosts=("127.0.0.1",),
+    )
+    bundle = (network.folder / "ca-bundle.pem").read_bytes()
+    ctx = client_context([bundle], cert, key)
+    target = network.node("org2-node0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        reply = send_to_peer(target.p2p_port, ctx, encode_frame(b"hello"))
+        if reply == b"":  # TLS 1.3: the server's refusal may surface on first read
+            raise ConnectionError("closed by peer")
+    assert node_status(network, target).healthy
+
+
+def test_member_certificate_that_is_not_a_node_cannot_pose_as_a_peer(network):
+    user_dir = network.folder / "orgs" / "org1" / "users" / "user1"
+    key = load_private_key(user_dir / "tls.key", passphrase(network, "org1"))
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ctx = client_context(
+        [(network.folder / "ca-bundle.pem").read_bytes()], (user_dir / "tls.pem").read_bytes(), key
+    )
+    target = network.node("org2-node0")
+    assert send_to_peer(target.p2p_port, ctx, encode_frame(b"x")) == b""
+    assert (
+        "is not the TLS certificate of any configured node"
+        in (target.home / "node.log").read_text()
+    )
+
+
+def test_transaction_signed_by_an_unknown_ca_is_rejected(network):
+    ca, now = evil_ca("org1")
+    key = ed25519.Ed25519PrivateKey.generate()
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    pem = ca.issue_signing_cert(
+        name="mallory", role=Role.ADMIN, public_key=key.public_key(), now=now
+    )
+    forged_cert = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    with network.gateway("org1") as gw:
+        gw._signer = Ed25519Signer(key)  # noqa: SLF001 - act as an impostor over a valid channel
+        gw.identity = type(gw.identity)(certificate=forged_cert, chain_id=network.chain_id)
+        with pytest.raises(TransactionRejected) as refused:
+            gw.contract("asset_transfer").submit("issue", "load-0-a", 1_000_000)
+    assert refused.value.reason == "unknown_identity"
+
+
+def test_client_of_another_organization_is_refused_by_the_gateway(network):
+    with (
+        network.user("org2").connect(network.node("org1").gateway, retries=0) as gw,
+        pytest.raises(Unauthenticated),
+    ):
+        gw.contract("asset_transfer").evaluate("balance", "x")
+
+
+def test_client_certificate_from_an_unknown_ca_cannot_open_a_gateway_channel(network):
+    ca, now = evil_ca("org1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    from cryptography.hazmat.primitives import serialization
+
+    cert = ca.issue_tls_cert(name="user1", role=Role.CLIENT, public_key=key.public_key(), now=now)
+    user = network.user("org1")
+    from kyodo.client import TlsCredentials, connect
+
+    tls = TlsCredentials(
+        root_certificates=(network.folder / "ca-bundle.pem").read_bytes(),
+        certificate_chain=cert,
+        private_key=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    with (
+        connect(
+            user.identity,
+            user.signer,
+            network.node("org1").gateway,
+            tls=tls,
+            retries=0,
+            timeout_s=5,
+        ) as gw,
+        pytest.raises(Unavailable),
+    ):
+        gw.status()
+
+
+def raw_submit(gw: Gateway, envelope: TxEnvelope) -> TxStatusResponse:
+    return gw.call(
+        "Submit", SubmitRequest(envelope=envelope, wait_ms=20_000), TxStatusResponse, timeout_s=30
+    )
+
+
+def test_replayed_transaction_is_rejected_as_duplicate_on_every_gateway(network):
+    with network.gateway("org1") as gw:
+        envelope = gw.sign("asset_transfer", "create_account", ("replayed",))
+        assert raw_submit(gw, envelope).state == "final"
+        with pytest.raises(TransactionRejected) as again:
+            raw_submit(gw, envelope)
+        assert again.value.reason == "duplicate"
+    with network.user("org1").connect(network.node("org1").gateway) as gw:
+        with pytest.raises(TransactionRejected) as elsewhere:
+            raw_submit(gw, envelope)
+        assert elsewhere.value.reason == "duplicate"
+
+
+def test_forged_signature_is_rejected(network):
+    with network.gateway("org1") as gw:
+        envelope = gw.sign("asset_transfer", "create_account", ("forged",))
+        bad = TxEnvelope(
+            payload=envelope.payload,
+            signature=bytes([envelope.signature[0] ^ 1]) + envelope.signature[1:],
+        )
+        with pytest.raises(TransactionRejected) as refused:
+            raw_submit(gw, bad)
+    assert refused.value.reason == "bad_signature"
+
+
+def signed(gw: Gateway, **overrides: object) -> TxEnvelope:
+    fields = {
+        "chain_id": gw.identity.chain_id,
+        "contract": "asset_transfer",
+        "function": "create_account",
+        "args": ("x",),
+        "nonce": os.urandom(16),
+        "created_ms": time.time_ns() // 1_000_000,
+        "creator": gw.identity.certificate,
+    }
+    fields.update(overrides)
+    payload = encode(Transaction(**fields))  # type: ignore[arg-type]
+    return TxEnvelope(payload=payload, signature=gw._signer.sign(payload))  # noqa: SLF001
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"created_ms": 1_000}, "expired"),
+        ({"chain_id": "another-network"}, "wrong_chain"),
+        ({"args": ("y" * 70_000,)}, "too_large"),
+        ({"nonce": b"short"}, "malformed"),
+    ],
+)
+def test_invalid_transactions_are_rejected_with_their_reason(network, overrides, reason):
+    with network.gateway("org2") as gw:
+        with pytest.raises(TransactionRejected) as refused:
+            raw_submit(gw, signed(gw, **overrides))
+    assert refused.value.reason == reason
+
+
+def test_oversized_and_malformed_requests_are_refused_with_typed_errors(network):
+    with network.gateway("org2", retries=0) as gw:
+        with pytest.raises(KyodoError) as too_big:
+            raw_submit(gw, signed(gw, args=("z" * 2_000_000,)))
+        assert too_big.value.code == "too_large"
+        stub = gw._channel.unary_unary("/kyodo.v1.Gateway/Submit")  # noqa: SLF001
+        import grpc
+
+        with pytest.raises(grpc.RpcError) as malformed:
+            stub(b"\xff\xfe not a request", timeout=10)
+        assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed" in malformed.value.details()
+
+
+def test_after_all_bad_input_every_node_is_healthy_and_nothing_was_lost(network):
+    tip = wait_converged(network)
+    with network.gateway("org4") as gw:
+        assert gw.contract("asset_transfer").evaluate("account", "replayed")["owner"] == (
+            "org1/user1"
+        )
+    assert all(node_status(network, n).healthy for n in network.nodes)
+    assert tip.height >= 4  # three blocks after tampering attempts, one replayed create
+    wait_until(
+        lambda: all(network.pid(n) for n in network.nodes),
+        timeout_s=1,
+        what="every node process alive",
+    )
