@@ -1,4 +1,4 @@
-"""Bad input on real processes: every case is a typed rejection; nodes keep running, lose nothing."""
+"""Bad input on real processes: typed rejections; nodes keep running and lose nothing."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def send_and_hold(port: int, ctx: ssl.SSLContext, data: bytes, until: object) ->
     """Write bytes and keep the connection open until ``until()`` holds (deadline 20 s)."""
 
     async def run() -> None:
-        reader, writer = await asyncio.open_connection(
+        _reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
         )
         writer.write(data)
@@ -271,7 +271,7 @@ def test_transaction_signed_by_an_unknown_ca_is_rejected(network):
     )
     forged_cert = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     with network.gateway("org1") as gw:
-        gw._signer = Ed25519Signer(key)  # noqa: SLF001 - act as an impostor over a valid channel
+        gw._signer = Ed25519Signer(key)
         gw.identity = type(gw.identity)(certificate=forged_cert, chain_id=network.chain_id)
         with pytest.raises(TransactionRejected) as refused:
             gw.contract("asset_transfer").submit("issue", "load-0-a", 1_000_000)
@@ -361,7 +361,7 @@ def signed(gw: Gateway, **overrides: object) -> TxEnvelope:
     }
     fields.update(overrides)
     payload = encode(Transaction(**fields))  # type: ignore[arg-type]
-    return TxEnvelope(payload=payload, signature=gw._signer.sign(payload))  # noqa: SLF001
+    return TxEnvelope(payload=payload, signature=gw._signer.sign(payload))
 
 
 @pytest.mark.parametrize(
@@ -374,9 +374,8 @@ def signed(gw: Gateway, **overrides: object) -> TxEnvelope:
     ],
 )
 def test_invalid_transactions_are_rejected_with_their_reason(network, overrides, reason):
-    with network.gateway("org2") as gw:
-        with pytest.raises(TransactionRejected) as refused:
-            raw_submit(gw, signed(gw, **overrides))
+    with network.gateway("org2") as gw, pytest.raises(TransactionRejected) as refused:
+        raw_submit(gw, signed(gw, **overrides))
     assert refused.value.reason == reason
 
 
@@ -385,7 +384,7 @@ def test_oversized_and_malformed_requests_are_refused_with_typed_errors(network)
         with pytest.raises(KyodoError) as too_big:
             raw_submit(gw, signed(gw, args=("z" * 2_000_000,)))
         assert too_big.value.code == "too_large"
-        stub = gw._channel.unary_unary("/kyodo.v1.Gateway/Submit")  # noqa: SLF001
+        stub = gw._channel.unary_unary("/kyodo.v1.Gateway/Submit")
         import grpc
 
         with pytest.raises(grpc.RpcError) as malformed:
