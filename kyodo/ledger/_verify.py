@@ -48,6 +48,7 @@ __all__ = [
     "compute_results_root",
     "compute_txs_root",
     "prepare_state",
+    "recheck_envelope",
     "verify_block_contents",
     "verify_certificate",
     "verify_link",
@@ -91,12 +92,7 @@ def check_envelope(
         )
     if len(tx.nonce) != 16:
         raise TransactionRejectedError("transaction nonce must be 16 bytes", reason="malformed")
-    try:
-        creator = membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
-    except IdentityError as exc:
-        raise TransactionRejectedError(
-            f"creator not accepted: {exc}", reason="unknown_identity"
-        ) from exc
+    creator = _check_creator(tx, membership=membership, now_ms=now_ms)
     try:
         verify_signature(ED25519, creator.public_key, envelope.payload, envelope.signature)
     except CryptoError as exc:
@@ -104,13 +100,39 @@ def check_envelope(
             "transaction signature does not verify against its creator's certificate",
             reason="bad_signature",
         ) from exc
+    _check_age(tx, now_ms=now_ms, max_age_ms=max_age_ms)
+    return CheckedTx(tx_id=envelope.tx_id(), envelope=envelope, tx=tx, creator=creator)
+
+
+def recheck_envelope(
+    checked: CheckedTx, *, membership: Membership, now_ms: int, max_age_ms: int
+) -> CheckedTx:
+    """Re-check, at a later time, a transaction that passed :func:`check_envelope`.
+
+    Its bytes and signature cannot have changed; what depends on time can: the
+    creator's certificate may have expired, the transaction may have grown too old.
+    """
+    creator = _check_creator(checked.tx, membership=membership, now_ms=now_ms)
+    _check_age(checked.tx, now_ms=now_ms, max_age_ms=max_age_ms)
+    return CheckedTx(tx_id=checked.tx_id, envelope=checked.envelope, tx=checked.tx, creator=creator)
+
+
+def _check_creator(tx: Transaction, *, membership: Membership, now_ms: int) -> Member:
+    try:
+        return membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+    except IdentityError as exc:
+        raise TransactionRejectedError(
+            f"creator not accepted: {exc}", reason="unknown_identity"
+        ) from exc
+
+
+def _check_age(tx: Transaction, *, now_ms: int, max_age_ms: int) -> None:
     if abs(now_ms - tx.created_ms) > max_age_ms:
         raise TransactionRejectedError(
             f"transaction created at {tx.created_ms} ms is outside the {max_age_ms} ms window "
             f"around {now_ms} ms",
             reason="expired",
         )
-    return CheckedTx(tx_id=envelope.tx_id(), envelope=envelope, tx=tx, creator=creator)
 
 
 def compute_txs_root(txs: Iterable[TxEnvelope]) -> bytes:

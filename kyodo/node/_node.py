@@ -67,6 +67,7 @@ from kyodo.ledger import (
     compute_txs_root,
     load_genesis,
     prepare_state,
+    recheck_envelope,
     verify_block_contents,
     verify_certificate,
     verify_link,
@@ -136,8 +137,13 @@ class Node:
         self._waiters: dict[bytes, list[asyncio.Future[TxStatusResponse]]] = {}
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._admitted: dict[bytes, CheckedTx] = {}
+        """Leader only: admission checks of pooled transactions, reused at block build.
+        Bounded by the pool: entries leave when their batch is built or dropped."""
         self._stopping = asyncio.Event()
         self._ready = False
+        self._tip: tuple[int, bytes, bytes] = (-1, b"", b"")
+        """(height, hash, state root) of the last appended block, kept by the loop."""
         self._last_error = ""
 
     # -- lifecycle -------------------------------------------------------------------
@@ -150,6 +156,7 @@ class Node:
         self.store = await self._in_ledger(self._open_store)
         height = self.store.height()
         assert height is not None
+        self._tip = (height, self.store.tip_hash(), self.store.state_root())
         validators = tuple(n.node_id for n in self.config.validators())
         self.consensus = SingleLeader(
             node_id=self.cfg.node_id,
@@ -314,6 +321,7 @@ class Node:
 
     def _on_appended(self, block: Block) -> None:
         height = block.header.height
+        self._tip = (height, block.block_hash(), block.header.state_root)
         self.metrics.height.set(height)
         self.metrics.txs_committed.inc(len(block.txs))
         for index, (envelope, result) in enumerate(zip(block.txs, block.results, strict=True)):
@@ -332,19 +340,33 @@ class Node:
         self,
         txs: tuple[TxEnvelope, ...],
         block_time: int,
+        *,
+        admitted: dict[bytes, CheckedTx] | None = None,
     ) -> tuple[list[CheckedTx], list[bytes]]:
+        """Check a batch at block time; ``admitted`` holds this node's own admission checks
+        (signature already verified), which then need only the time-dependent re-check."""
         checked: list[CheckedTx] = []
         dropped: list[bytes] = []
         seen: set[bytes] = set()
+        max_age_ms = self.config.consensus.tx_max_age_ms
         for envelope in txs:
+            earlier = admitted.pop(envelope.tx_id(), None) if admitted is not None else None
             try:
-                tx = check_envelope(
-                    envelope,
-                    membership=self.membership,
-                    chain_id=self.chain_id,
-                    now_ms=block_time,
-                    max_age_ms=self.config.consensus.tx_max_age_ms,
-                )
+                if earlier is not None:
+                    tx = recheck_envelope(
+                        earlier,
+                        membership=self.membership,
+                        now_ms=block_time,
+                        max_age_ms=max_age_ms,
+                    )
+                else:
+                    tx = check_envelope(
+                        envelope,
+                        membership=self.membership,
+                        chain_id=self.chain_id,
+                        now_ms=block_time,
+                        max_age_ms=max_age_ms,
+                    )
             except TransactionRejectedError as exc:
                 log.info("tx_dropped_at_ordering", tx=envelope.tx_id().hex(), reason=exc.reason)
                 dropped.append(envelope.tx_id())
@@ -367,7 +389,7 @@ class Node:
         parent = store.get_block(height)
         assert parent is not None
         block_time = max(now, parent.header.timestamp_ms)
-        checked, dropped = self._check_batch(txs, block_time)
+        checked, dropped = self._check_batch(txs, block_time, admitted=self._admitted)
         if not checked:
             return None, dropped
         execution = self.executor.execute_block(
@@ -547,6 +569,8 @@ class Node:
         if self.consensus.is_pool_full():
             raise TransactionRejectedError("the request pool is full; retry later", reason="busy")
         self._recent[tx_id] = now_ms()
+        if self.consensus.is_leader():  # the block builder reuses this check
+            self._admitted[tx_id] = checked
         while len(self._recent) > _RECENT_TXS:
             self._recent.popitem(last=False)
         return checked
@@ -661,8 +685,8 @@ class Node:
         return await self._in_reader(read)  # type: ignore[no-any-return]
 
     def status(self) -> NodeStatus:
-        """This node's view of itself."""
-        height = self.store.height()
+        """This node's view of itself (from memory: no storage access on the loop)."""
+        height, tip_hash, state_root = self._tip
         connected = tuple(self.p2p.connected())
         expected = len(self.config.nodes) - 1
         healthy = self._ready and len(connected) == expected
@@ -673,9 +697,9 @@ class Node:
             node_id=self.cfg.node_id,
             org_id=self.org_id,
             role="leader" if self.consensus.is_leader() else "follower",
-            height=-1 if height is None else height,
-            tip_hash=self.store.tip_hash(),
-            state_root=self.store.state_root(),
+            height=height,
+            tip_hash=tip_hash,
+            state_root=state_root,
             peers_connected=connected,
             healthy=healthy,
             detail=detail,

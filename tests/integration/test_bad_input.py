@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import socket
 import ssl
 import struct
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +46,9 @@ def passphrase(net: LocalNetwork, org: str) -> bytes:
 
 def metric(node: NodeEntry, name: str, **labels: str) -> float:
     """Current value of a node's Prometheus metric (0 if not yet exported)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read()
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read()
     label = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = re.escape(name + ("{" + label + "}" if label else "")) + r" ([0-9.e+]+)"
     found = re.search(pattern, text.decode())
@@ -58,36 +63,49 @@ def node_tls(net: LocalNetwork, node: NodeEntry) -> ssl.SSLContext:
     return client_context([bundle], (node.home / "tls.pem").read_bytes(), key)
 
 
-async def _exchange(port: int, ctx: ssl.SSLContext, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
-    )
-    writer.write(data)
-    await writer.drain()
+@contextlib.asynccontextmanager
+async def _connection(
+    port: int, ctx: ssl.SSLContext
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A TLS connection to a node's p2p port; the socket is closed whatever happens."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setblocking(False)
+    writer = None
     try:
-        return await asyncio.wait_for(reader.read(), timeout=10)  # b"" once the node closes
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=ctx, server_hostname="127.0.0.1"
+        )
+        yield reader, writer
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+        sock.close()
 
 
 def send_to_peer(port: int, ctx: ssl.SSLContext, data: bytes) -> bytes:
     """Write raw bytes on a p2p connection; return what came back before the node closed it."""
-    return asyncio.run(_exchange(port, ctx, data))
+
+    async def run() -> bytes:
+        async with _connection(port, ctx) as (reader, writer):
+            writer.write(data)
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(), timeout=10)  # b"" once closed
+
+    return asyncio.run(run())
 
 
 def send_and_hold(port: int, ctx: ssl.SSLContext, data: bytes, until: object) -> None:
     """Write bytes and keep the connection open until ``until()`` holds (deadline 20 s)."""
 
     async def run() -> None:
-        _reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
-        )
-        writer.write(data)
-        await writer.drain()
-        deadline = time.monotonic() + 20
-        while not until() and time.monotonic() < deadline:  # type: ignore[operator]
-            await asyncio.sleep(0.05)
-        writer.close()
+        async with _connection(port, ctx) as (_reader, writer):
+            writer.write(data)
+            await writer.drain()
+            deadline = time.monotonic() + 20
+            while not until() and time.monotonic() < deadline:  # type: ignore[operator]
+                await asyncio.sleep(0.05)
 
     asyncio.run(run())
 
