@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,6 +21,7 @@ from kyodo.cli._bench import run_bench
 from kyodo.cli._network import LocalNetwork, NodeEntry, create_network
 from kyodo.client import ContractFailed, KyodoError, NotFinal
 from kyodo.codec import decode_record
+from kyodo.identity import load_certificate
 from kyodo.ledger import Block, LedgerError, LedgerStore, load_genesis, verify_store
 from kyodo.node import NodeConfig
 
@@ -49,7 +51,7 @@ UserOption = Annotated[str, typer.Option("--user", help="User of the organizatio
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -360,8 +362,10 @@ def tx_show(
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")
     tx = found.envelope.transaction()
+    creator = load_certificate(tx.creator).subject
     doc = {
         "tx_id": tx_id,
+        "creator": creator.rfc4514_string(),
         "height": found.height,
         "tx_index": found.tx_index,
         "contract": tx.contract,

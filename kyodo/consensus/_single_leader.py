@@ -106,6 +106,10 @@ class SingleLeader:
         """Whether a new request would exceed the pool bound."""
         return len(self._pool) >= self.limits.max_pool_txs
 
+    def lag(self) -> int:
+        """How many blocks the most advanced peer (as last heard) is ahead of us."""
+        return max([0, *(h - self.height for h in self._peer_heights.values())])
+
     def contains(self, tx_id: bytes) -> bool:
         """Whether ``tx_id`` waits in the pool."""
         return tx_id in self._pool

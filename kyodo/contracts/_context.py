@@ -170,7 +170,10 @@ class Context:
         return self._overlay.committed().get_history(self._namespace, key)
 
     def emit(self, name: str, payload: Any = None) -> None:
-        """Record an event; delivered to subscribers once the block is appended."""
+        """Record an event in the transaction's result (kept in the block).
+
+        Delivery to subscribers (event streams) comes with issue 7.
+        """
         try:
             encode_value(payload)
         except EncodeError as exc:

@@ -170,17 +170,22 @@ class Executor:
         caller = Caller(
             org=checked.creator.org, role=str(checked.creator.role), name=checked.creator.name
         )
-        return self._call(
-            TxOverlay(state),
-            tx.contract,
-            tx.function,
-            tuple(tx.args),
-            caller=caller,
-            block_time_ms=block_time_ms,
-            height=height,
-            tx_id=checked.tx_id,
-            events=[],
-        )
+        try:
+            return self._call(
+                TxOverlay(state),
+                tx.contract,
+                tx.function,
+                tuple(tx.args),
+                caller=caller,
+                block_time_ms=block_time_ms,
+                height=height,
+                tx_id=checked.tx_id,
+                events=[],
+            )
+        except ContractError:
+            raise
+        except Exception as exc:  # a contract bug is the contract's failure, not the node's
+            raise ContractError(f"contract raised {type(exc).__name__}: {exc}") from exc
 
 
 def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:

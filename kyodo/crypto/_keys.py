@@ -7,7 +7,7 @@ HSMs support everywhere) through `cryptography`.
 
 A private key is never written in plaintext: :func:`save_private_key` writes
 it encrypted under scrypt + AES-256-GCM (`cryptography`'s PKCS#8 encryption
-offers no tunable KDF, and its default derivation costs 0.3 ms: too cheap to
+offers no tunable KDF, and its default derivation costs 0.35 ms: too cheap to
 slow down a stolen file's brute force; see ADR 0004), and the passphrase
 itself comes from a file, an environment variable or a prompt
 (:func:`read_passphrase`), never from a configuration file.

@@ -88,6 +88,8 @@ log = structlog.get_logger("kyodo.node")
 T = TypeVar("T")
 _SYNC_MAX_BYTES = 16 * 1024 * 1024
 _RECENT_TXS = 100_000
+_STALL_S = 5.0
+"""A node behind its peers that appended nothing for this long reports itself unhealthy."""
 
 
 def now_ms() -> int:
@@ -142,6 +144,7 @@ class Node:
         Bounded by the pool: entries leave when their batch is built or dropped."""
         self._stopping = asyncio.Event()
         self._ready = False
+        self._last_append_s = time.monotonic()
         self._tip: tuple[int, bytes, bytes] = (-1, b"", b"")
         """(height, hash, state root) of the last appended block, kept by the loop."""
         self._last_error = ""
@@ -322,6 +325,7 @@ class Node:
     def _on_appended(self, block: Block) -> None:
         height = block.header.height
         self._tip = (height, block.block_hash(), block.header.state_root)
+        self._last_append_s = time.monotonic()
         self.metrics.height.set(height)
         self.metrics.txs_committed.inc(len(block.txs))
         for index, (envelope, result) in enumerate(zip(block.txs, block.results, strict=True)):
@@ -689,10 +693,17 @@ class Node:
         height, tip_hash, state_root = self._tip
         connected = tuple(self.p2p.connected())
         expected = len(self.config.nodes) - 1
-        healthy = self._ready and len(connected) == expected
-        detail = "ok" if healthy else f"{len(connected)}/{expected} peers connected"
-        if self._last_error:
-            detail += f"; last error: {self._last_error}"
+        problems = []
+        if len(connected) != expected:
+            problems.append(f"{len(connected)}/{expected} peers connected")
+        lag = self.consensus.lag()
+        stalled_s = time.monotonic() - self._last_append_s
+        if lag > 0 and stalled_s > _STALL_S:
+            problems.append(f"{lag} blocks behind peers, nothing appended for {stalled_s:.0f} s")
+        if problems and self._last_error:
+            problems.append(f"last error: {self._last_error}")
+        healthy = self._ready and not problems
+        detail = "; ".join(problems) if problems else "ok"
         return NodeStatus(
             node_id=self.cfg.node_id,
             org_id=self.org_id,

@@ -141,7 +141,6 @@ class ErrorBody:
     """Why a gateway call was refused (carried in the gRPC status details)."""
 
     code: str
-    """Stable, documented code: ``unauthenticated``, ``rejected.<reason>``, ``not_found``,
-    ``contract_error``, ``unknown_function``, ``timeout``, ``malformed``, ``too_large``,
-    ``unavailable``."""
+    """Stable, documented code (docs/errors.md): ``unauthenticated``, ``rejected.<reason>``,
+    ``not_found``, ``contract_error``, ``unknown_function``, ``malformed``."""
     message: str

@@ -232,3 +232,50 @@ def test_flipped_byte_in_a_stopped_nodes_block_store_fails_verify_naming_the_hei
     assert kyodo("verify", node.node_id, folder=network.folder).returncode == 0
     network.start(node)
     wait_converged(network)
+
+
+def test_falsified_state_value_is_never_built_on_and_the_node_reports_itself_unhealthy(network):
+    """A follower whose stored state was edited refuses the next block touching it.
+
+    Re-execution over the falsified value gives another state root than the certified
+    one, so the node does not append (and so does not spread) the corruption; it
+    reports itself unhealthy. Repair from peers is issue 6; here the value is restored.
+    """
+    from kyodo.ledger import encode_state_key
+
+    with network.gateway("org1") as gw, network.gateway("org1", "admin") as admin:
+        gw.contract("asset_transfer").submit("create_account", "victim")
+        admin.contract("asset_transfer").submit("issue", "victim", 100)
+    node = network.node("org2-node0")
+    wait_converged(network)
+    assert network.stop(node)
+    key = encode_state_key("asset_transfer", "account/victim")
+    store = LedgerStore(node.home / "data")
+    try:
+        original = store.get_state_record(key)
+        assert original is not None
+        falsified = original.replace(b"\x18\x64", b"\x19\x03\xe8")  # balance 100 -> 1000
+        assert falsified != original
+        store.put_raw("state", key, falsified)
+    finally:
+        store.close()
+    network.start(node)
+    with network.gateway("org1") as gw:
+        gw.contract("asset_transfer").submit("transfer", "victim", "load-0-a", 1)
+    unhealthy = wait_until(
+        lambda: (s := node_status(network, node)) is not None and not s.healthy and s,
+        timeout_s=30,
+        what="the falsified node to report itself unhealthy",
+    )
+    assert "behind peers" in unhealthy.detail and "re-execution gives" in unhealthy.detail
+    others = [s for n in network.nodes if n != node and (s := node_status(network, n))]
+    assert len({(s.height, s.state_root) for s in others}) == 1
+    assert unhealthy.height < others[0].height
+    assert network.stop(node)
+    store = LedgerStore(node.home / "data")
+    try:
+        store.put_raw("state", key, original)
+    finally:
+        store.close()
+    network.start(node)
+    wait_converged(network, timeout_s=60)
