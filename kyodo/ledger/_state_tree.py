@@ -365,7 +365,7 @@ def apply_updates(
     def kind_of(node_hash: bytes) -> int:
         if node_hash == EMPTY:
             return _K_EMPTY
-        return _K_INTERNAL
+        return _K_LEAF if _read_node(reader, node_hash)[0] == 0 else _K_INTERNAL
 
     def update(node_hash: bytes, depth: int, lo: int, hi: int) -> tuple[bytes, int]:
         # Updates lo:hi all lie under the subtree ``node_hash`` at ``depth``.
@@ -386,7 +386,7 @@ def apply_updates(
             if depth and (leaf_int ^ ints[lo]) >> (KEY_BITS - depth):
                 raise _leaf_off_path(node_hash, depth)
             pos = bisect_left(ints, leaf_int, lo, hi)
-            keep_leaf = pos == hi or ints[pos] != leaf_int
+            keep_leaf = True
             m_ints: list[int] = []
             m_keys: list[bytes] = []
             m_values: list[bytes] = []

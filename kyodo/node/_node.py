@@ -46,7 +46,7 @@ from kyodo.consensus import (
     SyncResponse,
 )
 from kyodo.contracts import BUILTIN_CONTRACTS, Executor
-from kyodo.crypto import Ed25519Signer, load_private_key, read_passphrase
+from kyodo.crypto import ZERO_HASH, Ed25519Signer, load_private_key, read_passphrase
 from kyodo.gateway import GatewayServer
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
@@ -132,6 +132,8 @@ class Node:
         self.metrics = NodeMetrics()
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
+        self._tip_header: BlockHeader
+        """Header of the last appended block; owned by the ledger thread."""
         self.store: LedgerStore
         self.consensus: SingleLeader
         self.p2p: PeerNetwork
@@ -212,6 +214,7 @@ class Node:
             parent = store.get_block(height - 1)
             assert parent is not None
             verify_link(tip.header, parent.header)
+        self._tip_header = tip.header
 
     async def _start_network(self) -> None:
         ca_pems = [o.ca_cert_pem for o in self.config.orgs]
@@ -364,13 +367,7 @@ class Node:
                         max_age_ms=max_age_ms,
                     )
                 else:
-                    tx = check_envelope(
-                        envelope,
-                        membership=self.membership,
-                        chain_id=self.chain_id,
-                        now_ms=block_time,
-                        max_age_ms=max_age_ms,
-                    )
+                    tx = self._check(envelope, block_time)
             except TransactionRejectedError as exc:
                 log.info("tx_dropped_at_ordering", tx=envelope.tx_id().hex(), reason=exc.reason)
                 dropped.append(envelope.tx_id())
@@ -388,11 +385,10 @@ class Node:
         now: int,
     ) -> tuple[Block | None, list[bytes]]:
         store = self.store
-        height = store.height()
-        assert height is not None
-        parent = store.get_block(height)
-        assert parent is not None
-        block_time = max(now, parent.header.timestamp_ms)
+        parent = self._tip_header
+        assert parent.height == store.height(), "the ledger thread's tip is the store's"
+        height = parent.height
+        block_time = max(now, parent.timestamp_ms)
         checked, dropped = self._check_batch(txs, block_time, admitted=self._admitted)
         if not checked:
             return None, dropped
@@ -413,7 +409,7 @@ class Node:
             timestamp_ms=block_time,
             proposer=self.cfg.node_id,
             epoch=0,
-            config_hash=bytes(32),
+            config_hash=ZERO_HASH,
         )
         signature = self._signer.sign(commit_message(self.chain_id, header.block_hash()))
         block = Block(
@@ -429,17 +425,16 @@ class Node:
             history=prepared.history,
             tree_update=prepared.tree_update,
         )
+        self._tip_header = header
         return block, dropped
 
     def _verify_and_append(self, block: Block) -> None:
         """Verify a peer's block completely, then append it; raise if it does not verify."""
         store = self.store
         header = block.header
-        height = store.height()
-        assert height is not None and header.height == height + 1
-        parent = store.get_block(height)
-        assert parent is not None
-        verify_link(header, parent.header)
+        parent = self._tip_header
+        assert parent.height == store.height() and header.height == parent.height + 1
+        verify_link(header, parent)
         if header.proposer != self.consensus.leader() or block.config is not None:
             raise BlockVerificationError(
                 f"proposed by {header.proposer}, not the leader {self.consensus.leader()}",
@@ -487,6 +482,7 @@ class Node:
             history=prepared.history,
             tree_update=prepared.tree_update,
         )
+        self._tip_header = header
 
     # -- p2p -------------------------------------------------------------------------
 
@@ -551,15 +547,19 @@ class Node:
 
     # -- gateway backend -------------------------------------------------------------
 
-    async def _admit(self, envelope: TxEnvelope) -> CheckedTx:
-        """Check a transaction for ordering (signature, creator, freshness, replay)."""
-        checked = check_envelope(
+    def _check(self, envelope: TxEnvelope, at_ms: int) -> CheckedTx:
+        """The network's transaction rules (signature, creator, chain, age) at ``at_ms``."""
+        return check_envelope(
             envelope,
             membership=self.membership,
             chain_id=self.chain_id,
-            now_ms=now_ms(),
+            now_ms=at_ms,
             max_age_ms=self.config.consensus.tx_max_age_ms,
         )
+
+    async def _admit(self, envelope: TxEnvelope) -> CheckedTx:
+        """Check a transaction for ordering (signature, creator, freshness, replay)."""
+        checked = self._check(envelope, now_ms())
         tx_id = checked.tx_id
         if tx_id in self._recent or self.consensus.contains(tx_id):
             raise TransactionRejectedError(
@@ -618,13 +618,7 @@ class Node:
 
     async def evaluate(self, envelope: TxEnvelope) -> EvaluateResponse:
         """Run a query against committed state (nothing is written)."""
-        checked = check_envelope(
-            envelope,
-            membership=self.membership,
-            chain_id=self.chain_id,
-            now_ms=now_ms(),
-            max_age_ms=self.config.consensus.tx_max_age_ms,
-        )
+        checked = self._check(envelope, now_ms())
 
         def run() -> EvaluateResponse:
             height = self.store.height()
