@@ -386,7 +386,7 @@ def apply_updates(
             if depth and (leaf_int ^ ints[lo]) >> (KEY_BITS - depth):
                 raise _leaf_off_path(node_hash, depth)
             pos = bisect_left(ints, leaf_int, lo, hi)
-            keep_leaf = True
+            keep_leaf = pos == hi or ints[pos] != leaf_int
             m_ints: list[int] = []
             m_keys: list[bytes] = []
             m_values: list[bytes] = []

@@ -146,6 +146,8 @@ class Node:
         Bounded by the pool: entries leave when their batch is built or dropped."""
         self._stopping = asyncio.Event()
         self._ready = False
+        self.exit_code = 0
+        """Process exit status: 0 after a requested stop, 70 after a broken invariant."""
         self._last_append_s = time.monotonic()
         self._tip: tuple[int, bytes, bytes] = (-1, b"", b"")
         """(height, hash, state root) of the last appended block, kept by the loop."""
@@ -297,9 +299,8 @@ class Node:
     async def _propose(self, txs: tuple[TxEnvelope, ...]) -> None:
         try:
             block, dropped = await self._in_ledger(self._build_block, txs, now_ms())
-        except Exception:
-            log.exception("proposal_failed")
-            self._apply(self.consensus.on_proposal_failed(now_ms()))
+        except Exception as exc:  # building from verified data cannot fail: a bug
+            self._halt("block_build_failed", exc)
             return
         self.consensus.drop_requests(dropped)
         if block is None:
@@ -323,7 +324,17 @@ class Node:
             )
             self._apply(self.consensus.on_block_rejected(block, sender, now_ms()))
             return
+        except Exception as exc:  # anything but a verification verdict is a bug
+            self._halt("block_append_failed", exc)
+            return
         self._on_appended(block)
+
+    def _halt(self, event: str, exc: BaseException) -> None:
+        """Stop the node after a broken invariant rather than go on in a state
+        nobody checked (STYLE 6); the process exits with status 70."""
+        log.critical(event, node=self.cfg.node_id, error=type(exc).__name__, exc_info=exc)
+        self.exit_code = 70
+        self._stopping.set()
 
     def _on_appended(self, block: Block) -> None:
         height = block.header.height
@@ -745,6 +756,8 @@ def run_node(home: Path) -> None:
     _configure_logging()
     node = Node(home)
     asyncio.run(node.run())
+    if node.exit_code:
+        raise SystemExit(node.exit_code)
 
 
 def _configure_logging() -> None:

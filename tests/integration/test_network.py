@@ -245,6 +245,7 @@ def test_falsified_state_value_is_never_built_on_and_the_node_reports_itself_unh
 
     with network.gateway("org1") as gw, network.gateway("org1", "admin") as admin:
         gw.contract("asset_transfer").submit("create_account", "victim")
+        gw.contract("asset_transfer").submit("create_account", "victim-peer")
         admin.contract("asset_transfer").submit("issue", "victim", 100)
     node = network.node("org2-node0")
     wait_converged(network)
@@ -261,7 +262,7 @@ def test_falsified_state_value_is_never_built_on_and_the_node_reports_itself_unh
         store.close()
     network.start(node)
     with network.gateway("org1") as gw:
-        gw.contract("asset_transfer").submit("transfer", "victim", "load-0-a", 1)
+        gw.contract("asset_transfer").submit("transfer", "victim", "victim-peer", 1)
     unhealthy = wait_until(
         lambda: (s := node_status(network, node)) is not None and not s.healthy and s,
         timeout_s=30,
