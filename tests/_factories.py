@@ -249,7 +249,7 @@ def build_block(
             writes[state_key] = (index, tx_id, value)
             history.append((state_key, index, tx_id, value))
         results.append(
-            TxResult(tx_id=tx_id, status=TxStatus.OK, result=None, message="", events=())
+            TxResult(tx_id=tx_id, status=int(TxStatus.OK), result=None, message="", events=())
         )
     prepared = prepare_state(store, store.state_root(), height, writes, history)
     header = BlockHeader(

@@ -548,16 +548,9 @@ def test_decode_record_refuses_non_canonical_bytes() -> None:
         decode(data + b"\x00")
 
 
-# -- known bug ----------------------------------------------------------------------------
+# -- encoding refuses what decoding would refuse ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encode() of a record skips the value-model check that encode_value() does: "
-    "it writes floats, >64-bit ints (as bignum tags), non-str map keys and bools in int "
-    "fields, giving bytes that decode() refuses, and raises cbor2's own error (not "
-    "EncodeError) for a record inside an Any field",
-)
 @pytest.mark.parametrize(
     "record_value",
     [

@@ -578,15 +578,9 @@ def test_invalid_keys_fail_the_transaction(key: str) -> None:
     assert "invalid key" in result.message
 
 
-# -- known bug -----------------------------------------------------------------------------
+# -- isolation of failed transactions ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Context.get returns the block overlay's own value object, so a transaction "
-    "that mutates a value it read and then fails still changes the value an earlier "
-    "transaction wrote (and its history entry); writes of a failed tx leak into the block",
-)
 def test_failed_transaction_cannot_alter_an_earlier_write_in_place() -> None:
     writer = tx(USER1, "probe", "put_record", "k", {"n": 1})
     mutator = tx(USER1, "probe", "mutate_then_refuse", "k")
@@ -594,3 +588,29 @@ def test_failed_transaction_cannot_alter_an_earlier_write_in_place() -> None:
     assert execution.results[1].status == TxStatus.CONTRACT_ERROR
     assert execution.writes[encode_state_key("probe", "k")] == (0, writer.tx_id, {"n": 1})
     assert execution.history == [(encode_state_key("probe", "k"), 0, writer.tx_id, {"n": 1})]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "inside", "outside"),
+    [
+        ("acct/", "acct/zzz", "acct0"),
+        ("a\ud7ff", "a\ud7ff\U0010ffff", "a\ue000"),
+        ("a\U0010ffff", "a\U0010ffff\U0010ffff", "b"),
+        ("", "anything", None),
+    ],
+)
+def test_prefix_end_bounds_exactly_the_strings_with_the_prefix(prefix, inside, outside):
+    from kyodo.contracts._context import prefix_end
+
+    end = prefix_end(prefix)
+    assert end is None or (prefix <= inside < end)
+    if outside is not None:
+        assert end is not None and outside >= end
+    assert end is None or end.encode("utf-8")  # never a lone surrogate
+
+
+def test_canonical_turns_tuples_into_lists_so_range_results_can_be_returned():
+    from kyodo.contracts._context import canonical
+
+    assert canonical([("a", 1), ("b", (2, 3))]) == [["a", 1], ["b", [2, 3]]]
+    assert canonical({"k": ("x",)}) == {"k": ["x"]}

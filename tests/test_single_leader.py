@@ -345,12 +345,6 @@ def test_sync_response_is_cut_to_the_buffer_bound() -> None:
     assert m.height == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: once the out-of-order buffer is full (max_buffered_blocks future blocks), "
-    "the block at height+1 is refused both from BlockMessage and from SyncResponse, so "
-    "the follower can never append again (it re-requests the gap forever)",
-)
 def test_full_buffer_still_accepts_the_next_block() -> None:
     m = machine("n2", height=0, max_buffered_blocks=2)
     assert m.on_message("n1", BlockMessage(block=block(2)), now_ms=0) == [RequestSync("n1", 1)]

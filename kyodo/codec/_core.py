@@ -133,19 +133,35 @@ def _checker(expected: type) -> _FromPlain:
     return check
 
 
+def _encoding(check: _FromPlain) -> _ToPlain:
+    """An encoder-side converter that applies the decoder's check, as an EncodeError.
+
+    Encoding refuses exactly what decoding would refuse, so no record can be
+    written that its readers cannot read back.
+    """
+
+    def to_plain(value: Any) -> Any:
+        try:
+            return check(value, "")
+        except DecodeError as exc:
+            raise EncodeError(str(exc)) from exc
+
+    return to_plain
+
+
 def _compile(tp: Any) -> tuple[_ToPlain, _FromPlain]:
     """Converters (to plain value, from plain value) for a field annotation."""
     supertype = getattr(tp, "__supertype__", None)
     if supertype is not None:  # typing.NewType
         return _compile(supertype)
     if tp is int:
-        return _identity, _check_int
+        return _encoding(_check_int), _check_int
     if tp in (bytes, str, bool):
-        return _identity, _checker(tp)
+        return _encoding(_checker(tp)), _checker(tp)
     if tp is type(None) or tp is None:
-        return _identity, _checker(type(None))
+        return _encoding(_checker(type(None))), _checker(type(None))
     if tp is Any or tp is object:
-        return _identity, _check_value
+        return _encoding(_check_value), _check_value
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         return _compile_union(get_args(tp))

@@ -69,6 +69,7 @@ class SingleLeader:
         validators: tuple[str, ...],
         params: ConsensusParams,
         height: int,
+        tip_hash: bytes = b"",
         limits: SingleLeaderLimits | None = None,
     ) -> None:
         assert node_id in validators, "a single-leader node must be a validator"
@@ -77,6 +78,7 @@ class SingleLeader:
         self.params = params
         self.limits = limits or SingleLeaderLimits()
         self.height = height
+        self.tip_hash = tip_hash
         self._leader = validators[0]
         self._pool: OrderedDict[bytes, tuple[TxEnvelope, int]] = OrderedDict()
         self._pool_bytes = 0
@@ -145,7 +147,7 @@ class SingleLeader:
         actions = self._maybe_propose(now_ms)
         if now_ms - self._last_status_ms >= self.limits.status_interval_ms:
             self._last_status_ms = now_ms
-            actions.append(Broadcast(StatusMessage(height=self.height, tip_hash=b"")))
+            actions.append(Broadcast(StatusMessage(height=self.height, tip_hash=self.tip_hash)))
         if (
             self._sync_sent_ms is not None
             and now_ms - self._sync_sent_ms > self.limits.sync_retry_ms
@@ -160,6 +162,7 @@ class SingleLeader:
         height = block.header.height
         assert height == self.height + 1, f"appended {height} on top of {self.height}"
         self.height = height
+        self.tip_hash = block.block_hash()
         self._verifying = None
         for envelope in block.txs:
             entry = self._pool.pop(envelope.tx_id(), None)
@@ -199,7 +202,7 @@ class SingleLeader:
 
     def on_peer_connected(self, peer: str, now_ms: int) -> list[Action]:
         """Tell a (re)connected peer our tip."""
-        return [Send(peer, StatusMessage(height=self.height, tip_hash=b""))]
+        return [Send(peer, StatusMessage(height=self.height, tip_hash=self.tip_hash))]
 
     # -- internals -------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class SingleLeader:
         self._peer_heights[sender] = max(self._peer_heights.get(sender, -1), height)
         if height <= self.height or height in self._buffer:
             return []
-        if len(self._buffer) >= self.limits.max_buffered_blocks:
+        if not self._room_for(height):
             return self._maybe_sync(now_ms)
         self._buffer[height] = (block, sender)
         actions = self._next_buffered()
@@ -249,12 +252,16 @@ class SingleLeader:
             self._sync_sent_ms = None
         for block in message.blocks[: self.limits.max_buffered_blocks]:
             height = block.header.height
-            if height > self.height and len(self._buffer) < self.limits.max_buffered_blocks:
+            if height > self.height and self._room_for(height):
                 self._buffer.setdefault(height, (block, sender))
                 self._peer_heights[sender] = max(self._peer_heights.get(sender, -1), height)
         actions = self._next_buffered()
         actions.extend(self._maybe_sync(now_ms))
         return actions
+
+    def _room_for(self, height: int) -> bool:
+        """The next block is always taken (it is consumed at once); later ones are bounded."""
+        return height == self.height + 1 or len(self._buffer) < self.limits.max_buffered_blocks
 
     def _next_buffered(self) -> list[Action]:
         if self._verifying is not None or self._in_flight:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kyodo.codec import EncodeError, encode_value
+from kyodo.codec import EncodeError, decode_value, encode_value
 from kyodo.contracts.errors import ContractError
 from kyodo.ledger import Event, HistoryEntry, StateEntry, encode_state_key
 
@@ -63,13 +63,16 @@ class TxOverlay:
 
     def __init__(self, parent: StateReader | TxOverlay) -> None:
         self.parent = parent
-        self.writes: dict[bytes, Any] = {}
+        self.writes: dict[bytes, bytes | object] = {}
+        """state key -> canonical bytes of the value written, or DELETED. Values are kept
+        encoded so every read decodes a fresh object: a value a contract read and then
+        mutated can never alter what another transaction wrote."""
 
     def lookup(self, state_key: bytes, namespace: str, key: str) -> Any:
-        """The value as this overlay sees it (None if absent)."""
-        value = self.writes.get(state_key, None)
+        """The value as this overlay sees it (None if absent), as a fresh object."""
         if state_key in self.writes:
-            return None if value is _DELETED else value
+            written = self.writes[state_key]
+            return None if written is _DELETED else decode_value(written)  # type: ignore[arg-type]
         if isinstance(self.parent, TxOverlay):
             return self.parent.lookup(state_key, namespace, key)
         entry = self.parent.get_state(namespace, key)
@@ -91,7 +94,7 @@ class TxOverlay:
             if value is _DELETED:
                 view.pop(key, None)
             else:
-                view[key] = value
+                view[key] = decode_value(value)  # type: ignore[arg-type]
         return view
 
     def committed(self) -> StateReader:
@@ -143,12 +146,14 @@ class Context:
         if value is None:
             raise ContractError("cannot store None; use delete()")
         try:
-            size = len(encode_value(value))
+            encoded = encode_value(canonical(value))
         except EncodeError as exc:
             raise ContractError(f"value for {key!r} is not storable: {exc}") from exc
-        if size > MAX_VALUE_BYTES:
-            raise ContractError(f"value for {key!r} is {size} bytes, over {MAX_VALUE_BYTES}")
-        self._overlay.writes[self._state_key(key)] = value
+        if len(encoded) > MAX_VALUE_BYTES:
+            raise ContractError(
+                f"value for {key!r} is {len(encoded)} bytes, over {MAX_VALUE_BYTES}"
+            )
+        self._overlay.writes[self._state_key(key)] = encoded
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error if absent)."""
@@ -161,8 +166,7 @@ class Context:
 
     def prefix(self, prefix: str) -> list[tuple[str, Any]]:
         """Keys starting with ``prefix``, sorted, with their values."""
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
-        return self.range(prefix, end)
+        return self.range(prefix, prefix_end(prefix))
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Committed writes of ``key``, oldest first (this block's are not included)."""
@@ -174,6 +178,7 @@ class Context:
 
         Delivery to subscribers (event streams) comes with issue 7.
         """
+        payload = canonical(payload)
         try:
             encode_value(payload)
         except EncodeError as exc:
@@ -188,3 +193,29 @@ class Context:
 
 
 DELETED = _DELETED
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with tuples turned into lists (the canonical model has lists only)."""
+    if isinstance(value, tuple | list):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (None: none).
+
+    The last code point is incremented (skipping the surrogate range, which UTF-8
+    cannot encode); a last code point of U+10FFFF is dropped and the one before it
+    incremented instead.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code <= 0x10FFFF:
+            if 0xD800 <= code <= 0xDFFF:
+                code = 0xE000
+            return "".join(chars) + chr(code)
+    return None

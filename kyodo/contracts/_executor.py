@@ -6,8 +6,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kyodo.codec import EncodeError, encode_value
-from kyodo.contracts._context import DELETED, Caller, Context, StateReader, TxOverlay
+from kyodo.codec import EncodeError, decode_value, encode_value
+from kyodo.contracts._context import (
+    DELETED,
+    Caller,
+    Context,
+    StateReader,
+    TxOverlay,
+    canonical,
+)
 from kyodo.contracts._sdk import Contract, FunctionSpec
 from kyodo.contracts.errors import ContractError, UnknownContractError
 from kyodo.ledger import CheckedTx, TxResult, TxStatus, split_state_key
@@ -90,7 +97,7 @@ class Executor:
             tx_id=tx_id,
             invoke=invoke,
         )
-        result = spec.fn(self._instances[contract], ctx, *args)
+        result = canonical(spec.fn(self._instances[contract], ctx, *args))
         events.extend(ctx.events)
         try:
             encode_value(result)
@@ -143,13 +150,13 @@ class Executor:
             for state_key in sorted(overlay.writes):
                 written = overlay.writes[state_key]
                 block.writes[state_key] = written
-                stored = None if written is DELETED else written
+                stored = None if written is DELETED else decode_value(written)  # type: ignore[arg-type]
                 history.append((state_key, index, checked.tx_id, stored))
                 last[state_key] = (index, checked.tx_id, stored)
             results.append(
                 TxResult(
                     tx_id=checked.tx_id,
-                    status=TxStatus.OK,
+                    status=int(TxStatus.OK),
                     result=value,
                     message="",
                     events=tuple(events),
@@ -190,7 +197,7 @@ class Executor:
 
 def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:
     return TxResult(
-        tx_id=checked.tx_id, status=status, result=None, message=message[:1000], events=()
+        tx_id=checked.tx_id, status=int(status), result=None, message=message[:1000], events=()
     )
 
 

@@ -170,6 +170,7 @@ class Node:
             validators=validators,
             params=self.config.consensus,
             height=height,
+            tip_hash=self.store.tip_hash(),
         )
         self.metrics.height.set(height)
         await self._start_network()
