@@ -147,6 +147,18 @@ def network_up(
     _banner(net, time.monotonic() - started)
 
 
+def _command_name() -> str:
+    """How the user can call this command again: ``kyodo`` if it is on PATH, else its path."""
+    script = Path(sys.argv[0])
+    on_path = shutil.which("kyodo")
+    if script.name == "kyodo" and (on_path is None or Path(on_path).resolve() != script.resolve()):
+        try:
+            return str(script.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(script.resolve())
+    return "kyodo"
+
+
 def _banner(net: LocalNetwork, elapsed: float) -> None:
     table = Table(box=None)
     for column in ("node", "org", "gateway (gRPC, mTLS)", "metrics"):
@@ -156,13 +168,14 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
             node.node_id, node.org_id, node.gateway, f"http://127.0.0.1:{node.metrics_port}/metrics"
         )
     d = f" --dir {net.folder}" if net.folder != DEFAULT_DIR.resolve() else ""
+    k = _command_name()
     tips = (
-        f"kyodo network status{d}\n"
-        f"kyodo tx submit asset_transfer create_account alice --org org1{d}\n"
-        f"kyodo tx query asset_transfer balance alice --org org1{d}\n"
-        f"kyodo bench --clients 16 --duration 10{d}\n"
-        f"kyodo verify org2-node0{d}\n"
-        f"kyodo network down{d}"
+        f"{k} network status{d}\n"
+        f"{k} tx submit asset_transfer create_account alice --org org1{d}\n"
+        f"{k} tx query asset_transfer balance alice --org org1{d}\n"
+        f"{k} bench --clients 16 --duration 10{d}\n"
+        f"{k} verify org2-node0{d}\n"
+        f"{k} network down{d}"
     )
     console.print(
         Panel.fit(
