@@ -108,7 +108,7 @@ def _wait_ready(
     while pending and time.monotonic() < deadline:
         for node in list(pending):
             if net.pid(node) is None:
-                _fail(f"{node.node_id} exited; see {node.home / 'node.log'}")
+                _fail(f"{node.node_id} exited; see {node.home / 'node.log'} and node.stderr.log")
             if _status_of(net, node)["healthy"]:
                 pending.remove(node)
                 progress.advance(task)

@@ -8,7 +8,8 @@ Layout of a network folder::
     orgs/<org>/passphrase         the org's key passphrase (mode 0600; dev networks only)
     orgs/<org>/ca/ca.pem|ca.key   the org's root CA (key encrypted)
     orgs/<org>/users/<name>/      admin and user1: signing.pem|key, tls.pem|key
-    nodes/<node>/                 node.json, keys, data/ (RocksDB), node.log, node.pid
+    nodes/<node>/                 node.json, keys, data/ (RocksDB), node.pid,
+                                  node.log (JSON lines), node.stderr.log (gRPC core, crashes)
 
 Each node is a detached OS process (``python -m kyodo.node HOME``) in its
 own session, so it outlives the command that started it.
@@ -275,15 +276,17 @@ class LocalNetwork:
         if running is not None:
             return running
         log = open(node.home / "node.log", "ab")  # noqa: SIM115 - handed to the child
+        errors = open(node.home / "node.stderr.log", "ab")  # noqa: SIM115 - handed to the child
         process = subprocess.Popen(
             [sys.executable, "-m", "kyodo.node", str(node.home)],
             stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=errors,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=node.home,
         )
         log.close()
+        errors.close()
         self._children[process.pid] = process  # reaped in stop()
         (node.home / "node.pid").write_text(str(process.pid))
         return process.pid

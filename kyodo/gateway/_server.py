@@ -17,8 +17,11 @@ Every call is authenticated twice:
 
 A refused call ends with a gRPC status code and an :class:`ErrorBody` in the
 ``kyodo-error-bin`` trailer, so the SDK raises a typed error. Each call is
-logged with who called, what, and the decision (the tamper-evident audit log
-of issue 6 builds on these records).
+recorded as an ``audit`` log event: who called (certificate subject), from
+where (peer address), what (method and subject: a transaction id or a
+height), the decision (and the refusal code), and the SHA-256 of the response,
+not the data itself. The tamper-evident, hash-chained audit log of issue 6
+builds on these records.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import ContractError, UnknownContractError
+from kyodo.crypto import sha256
 from kyodo.identity import IdentityError, load_certificate
 from kyodo.ledger import TransactionRejectedError
 from kyodo.wire import (
@@ -141,33 +145,61 @@ class GatewayServer:
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
-            caller = "?"
+            caller = _presented(context)  # until authenticated: who the certificate claims
             try:
                 caller = self._authenticate(context)
                 response = await fn(request, caller)
             except GatewayError as exc:
-                log.info(
-                    "gateway_call",
-                    method=name,
-                    caller=caller,
-                    decision="refused",
-                    code=exc.code,
-                    detail=str(exc),
+                await self._refuse(context, name, caller, started, exc)
+            except Exception as exc:  # a bug: logged in full, the caller gets a typed error
+                log.exception("gateway_internal_error", method=name, caller=caller)
+                await self._refuse(
+                    context,
+                    name,
+                    caller,
+                    started,
+                    GatewayError(
+                        grpc.StatusCode.INTERNAL,
+                        "internal",
+                        f"internal error ({type(exc).__name__}); the node logged the details",
+                    ),
                 )
-                body = encode(ErrorBody(code=exc.code, message=str(exc)))
-                await context.abort(
-                    exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),)
-                )
-            log.debug(
-                "gateway_call",
+            body = encode(response)
+            log.info(
+                "audit",
                 method=name,
                 caller=caller,
+                peer=context.peer(),
                 decision="allowed",
+                subject=_subject(response),
+                response_sha256=sha256(body).hex(),
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            return encode(response)
+            return body
 
         return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        caller: str,
+        started: float,
+        exc: GatewayError,
+    ) -> None:
+        """Audit a refusal, then end the call with its status and ErrorBody."""
+        log.info(
+            "audit",
+            method=method,
+            caller=caller,
+            peer=context.peer(),
+            decision="refused",
+            code=exc.code,
+            detail=str(exc),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        body = encode(ErrorBody(code=exc.code, message=str(exc)))
+        await context.abort(exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),))
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
         """``org/role/name`` of the TLS client certificate, issued by this org's CA."""
@@ -263,6 +295,26 @@ def _rejected(exc: TransactionRejectedError) -> GatewayError:
         "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
     }.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
     return GatewayError(status, f"rejected.{exc.reason}", str(exc))
+
+
+def _presented(context: grpc.aio.ServicerContext) -> str:
+    """``presented:<subject>`` of the client's TLS certificate (not yet authenticated)."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return "presented:none"
+    try:
+        return "presented:" + load_certificate(pems[0]).subject.rfc4514_string()
+    except IdentityError:
+        return "presented:unparseable"
+
+
+def _subject(response: Any) -> str:
+    """What a call was about, for the audit record (a transaction id or a height)."""
+    tx_id = getattr(response, "tx_id", None)
+    if isinstance(tx_id, bytes) and tx_id:
+        return f"tx:{tx_id.hex()}"
+    height = getattr(response, "height", None)
+    return f"height:{height}" if isinstance(height, int) else ""
 
 
 def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:

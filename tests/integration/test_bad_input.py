@@ -424,3 +424,35 @@ def test_after_all_bad_input_every_node_is_healthy_and_nothing_was_lost(network)
         timeout_s=1,
         what="every node process alive",
     )
+
+
+def test_every_gateway_call_allowed_or_refused_leaves_an_audit_record(network):
+    import json as _json
+
+    with network.gateway("org1") as gw:
+        outcome = gw.contract("asset_transfer").submit_transaction("create_account", "audited")
+    with (
+        network.user("org3").connect(network.node("org1").gateway, retries=0) as gw,
+        pytest.raises(Unauthenticated),
+    ):
+        gw.status()
+    log_path = network.node("org1").home / "node.log"
+
+    def audit_records() -> list[dict]:
+        lines = log_path.read_text().splitlines()
+        return [r for r in map(_json.loads, lines) if r.get("event") == "audit"]
+
+    allowed = wait_until(
+        lambda: [r for r in audit_records() if r.get("subject") == f"tx:{outcome.tx_id}"],
+        timeout_s=10,
+        what="the audit record of the submit",
+    )
+    assert allowed[0]["caller"] == "org1/client/user1" and allowed[0]["decision"] == "allowed"
+    assert allowed[0]["method"] == "submit" and len(allowed[0]["response_sha256"]) == 64
+    refused = [
+        r
+        for r in audit_records()
+        if r["decision"] == "refused" and "O=org3" in r["caller"] and r["code"] == "unauthenticated"
+    ]
+    assert refused and refused[-1]["caller"].startswith("presented:")
+    assert "passphrase" not in log_path.read_text()
