@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kyodo.codec import record
+from kyodo.consensus._bft_messages import BftMessage
 from kyodo.ledger import Block, TxEnvelope
 
 __all__ = [
@@ -79,7 +80,7 @@ class SyncResponse:
     blocks: tuple[Block, ...]
 
 
-Message = ForwardTx | BlockMessage | StatusMessage | SyncRequest | SyncResponse
+Message = ForwardTx | BlockMessage | StatusMessage | SyncRequest | SyncResponse | BftMessage
 
 
 @dataclass(frozen=True, slots=True)
