@@ -153,17 +153,15 @@ def select_in_flight(view_data: list[ViewData]) -> InFlightDecision:
     """
     assert view_data, "a NewView carries a quorum of view data"
     expected = max(vd.last_block.header.height for vd in view_data) + 1
-    best: ViewData | None = None
+    best: tuple[int, bytes, Block] | None = None
     for vd in view_data:
         block = vd.in_flight
         if block is None or block.header.height != expected or vd.prepared_view < 0:
             continue
-        if best is None or (vd.prepared_view, block.block_hash()) > (
-            best.prepared_view,
-            best.in_flight.block_hash(),
-        ):  # type: ignore[union-attr]
-            best = vd
-    return InFlightDecision(height=expected, block=None if best is None else best.in_flight)
+        candidate = (vd.prepared_view, block.block_hash(), block)
+        if best is None or candidate[:2] > best[:2]:
+            best = candidate
+    return InFlightDecision(height=expected, block=None if best is None else best[2])
 
 
 @dataclass(slots=True)
