@@ -54,7 +54,6 @@ checks are injected. The simulator runs this same code.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -86,7 +85,7 @@ from kyodo.consensus._bft_messages import (
     WalState,
     prepare_message,
 )
-from kyodo.ledger import Block, CommitSignature, TxEnvelope, commit_message
+from kyodo.ledger import Block, CommitSignature, TxEnvelope, commit_message, quorum_size
 
 __all__ = [
     "Bft",
@@ -106,11 +105,7 @@ _FUTURE_MAX = 4_096
 
 def compute_quorum(n: int) -> tuple[int, int]:
     """(q, f) for n validators: any two quorums share at least f+1 validators."""
-    assert n >= 1
-    f = (n - 1) // 3
-    q = math.ceil((n + f + 1) / 2)
-    assert 2 * q - n >= f + 1, "quorum intersection"
-    return q, f
+    return quorum_size(n), (n - 1) // 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,7 +163,9 @@ def select_in_flight(view_data: list[ViewData]) -> InFlightDecision:
 class _PoolEntry:
     envelope: TxEnvelope
     arrived_ms: int
-    forwarded_to_all: bool = False
+    """When it arrived, or when the current leader's grace period began."""
+    broadcast_ms: int | None = None
+    """When it was last sent to every validator (repeated until it is ordered)."""
 
 
 @dataclass(slots=True)
@@ -230,6 +227,8 @@ class Bft:
         self._last_new_view: NewView | None = None
         self._pending_new_view: NewView | None = None
         self._higher_view: dict[str, int] = {}
+        self._lower_activity: dict[str, tuple[int, int]] = {}
+        """In a view change: validators seen voting in a lower view (view, when)."""
         self._future: list[tuple[str, object]] = []
         self._peer_heights: dict[str, int] = {}
         self._buffer: dict[int, tuple[Block, str]] = {}
@@ -296,8 +295,9 @@ class Bft:
         self._pool[tx_id] = _PoolEntry(envelope=envelope, arrived_ms=now_ms)
         if self.is_leader():
             return self._maybe_propose(now_ms)
-        if self.in_view_change:
-            return []
+        if self.in_view_change:  # whoever leads next must have it: tell everyone
+            self._pool[tx_id].broadcast_ms = now_ms
+            return [Broadcast(ForwardTx(envelope=envelope))]
         return [Send(self.leader(), ForwardTx(envelope=envelope))]
 
     def on_tick(self, now_ms: int) -> list[BftAction]:
@@ -305,13 +305,16 @@ class Bft:
         actions: list[BftAction] = []
         if self.in_view_change:
             actions += self._view_change_timers(now_ms)
-        elif self.is_leader():
-            actions += self._maybe_propose(now_ms)
+        else:
+            if self.is_leader():
+                actions += self._maybe_propose(now_ms)
+            else:
+                actions += self._follower_timers(now_ms)
             if now_ms - self._last_heartbeat_ms >= self.params.heartbeat_interval_ms:
+                # every active validator says which view it works in: followers watch the
+                # leader's, and a validator that complained alone sees where the others are
                 self._last_heartbeat_ms = now_ms
                 actions.append(Broadcast(Heartbeat(view=self.view, height=self.height)))
-        else:
-            actions += self._follower_timers(now_ms)
         if now_ms - self._last_status_ms >= self.params.status_interval_ms:
             self._last_status_ms = now_ms
             actions.append(
@@ -325,6 +328,12 @@ class Bft:
         """A message from an authenticated validator."""
         if sender not in self.validators or sender == self.node_id:
             return []
+        if (
+            self.in_view_change
+            and isinstance(message, Prepare | Commit | Heartbeat)
+            and message.view < self.view
+        ):
+            self._lower_activity[sender] = (message.view, now_ms)
         if isinstance(message, PrePrepare | Prepare | Commit) and self._is_early(message):
             if len(self._future) < _FUTURE_MAX:
                 self._future.append((sender, message))
@@ -558,7 +567,7 @@ class Bft:
         return []
 
     def _note_ahead(self, sender: str, height: int, now_ms: int) -> list[BftAction]:
-        if height <= self.height:
+        if height <= self.height or sender == self.node_id:
             return []
         self._peer_heights[sender] = max(self._peer_heights.get(sender, -1), height)
         return self._maybe_sync(now_ms)
@@ -568,11 +577,19 @@ class Bft:
             return self._complain(now_ms)
         actions: list[BftAction] = []
         for entry in self._pool.values():
-            age = now_ms - entry.arrived_ms
-            if age > self.params.request_complain_ms:
+            if now_ms - entry.arrived_ms > self.params.request_complain_ms:
                 return self._complain(now_ms)
-            if age > self.params.request_forward_ms and not entry.forwarded_to_all:
-                entry.forwarded_to_all = True
+        return actions + self._rebroadcast_waiting(now_ms)
+
+    def _rebroadcast_waiting(self, now_ms: int) -> list[BftAction]:
+        """Requests not ordered within ``request_forward_ms`` go to every validator,
+        again every ``request_forward_ms`` while they wait (a copy may have been lost)."""
+        actions: list[BftAction] = []
+        period = self.params.request_forward_ms
+        for entry in self._pool.values():
+            last = entry.broadcast_ms if entry.broadcast_ms is not None else entry.arrived_ms
+            if now_ms - last > period:
+                entry.broadcast_ms = now_ms
                 actions.append(Broadcast(ForwardTx(envelope=entry.envelope)))
         return actions
 
@@ -592,6 +609,7 @@ class Bft:
         self._building = False
         self._view_data = {}
         self._view_data_sent = None
+        self._lower_activity = {}
         self.round.verifying = None
         self.round.prepares = {}
         for entry in self._pool.values():  # the next leader gets a fresh grace period
@@ -604,15 +622,48 @@ class Bft:
         return actions + self._check_view_change_quorum(now_ms)
 
     def _view_change_timers(self, now_ms: int) -> list[BftAction]:
+        """Repeat our view change; escalate it only with support; give it up if alone.
+
+        A validator that complained alone (say, it alone received a bad proposal) must
+        not drift ever higher while the others work on: it would stop voting, and the
+        network's next real view change would chase it. Giving up is safe while it has
+        sent no ViewData: a ViewChange carries no vote.
+        """
+        supported = len(self._vc_votes.get(self.view, ())) >= self.f + 1
         if now_ms - self._view_change_started_ms > self.params.view_change_timeout_ms:
-            return self._start_view_change(self.view + 1, now_ms)
+            if supported:
+                return self._start_view_change(self.view + 1, now_ms)
+            working = self._active_lower_view(now_ms)
+            if working is not None and self._view_data_sent is None:
+                return self._return_to_view(working, now_ms)
         if now_ms - self._last_heartbeat_ms < self.params.heartbeat_interval_ms:
             return []
         self._last_heartbeat_ms = now_ms  # messages may have been lost: say it again
         actions: list[BftAction] = [Broadcast(ViewChange(next_view=self.view))]
         if self._view_data_sent is not None and self.leader() != self.node_id:
             actions.append(Send(self.leader(), self._view_data_sent))
-        return actions
+        return actions + self._rebroadcast_waiting(now_ms)
+
+    def _active_lower_view(self, now_ms: int) -> int | None:
+        """The highest view below ours in which f+1 validators were recently seen voting."""
+        recent = [
+            v
+            for v, at in self._lower_activity.values()
+            if now_ms - at <= self.params.leader_timeout_ms
+        ]
+        counts: dict[int, int] = {}
+        for view in recent:
+            counts[view] = counts.get(view, 0) + 1
+        views = [v for v, c in counts.items() if c >= self.f + 1]
+        return max(views) if views else None
+
+    def _return_to_view(self, view: int, now_ms: int) -> list[BftAction]:
+        self.view = view
+        self.in_view_change = False
+        self._last_leader_ms = now_ms
+        self._lower_activity = {}
+        self._vc_votes = {v: s for v, s in self._vc_votes.items() if v > view}
+        return [PersistWal(self.wal_state())]
 
     def _on_view_change(self, sender: str, msg: ViewChange, now_ms: int) -> list[BftAction]:
         if msg.next_view < self.view or (msg.next_view == self.view and not self.in_view_change):
@@ -735,9 +786,13 @@ class Bft:
         if decision.height - 1 > self.height:  # behind the quorum: catch up, then enter
             self._pending_new_view = msg
             highest = max(valid, key=lambda vd: vd.last_block.header.height)
+            highest_signer = next(
+                s.signer for s in msg.view_data if decode_record(ViewData, s.view_data) == highest
+            )
             if highest.last_block.header.height == self.height + 1:
                 self._buffer.setdefault(self.height + 1, (highest.last_block, sender))
-            return self._note_ahead(sender, decision.height - 1, now_ms) + self._next_buffered()
+            source = sender if sender != self.node_id else highest_signer
+            return self._note_ahead(source, decision.height - 1, now_ms) + self._next_buffered()
         return self._enter_view(msg, decision, now_ms)
 
     def _enter_view(self, msg: NewView, decision: InFlightDecision, now_ms: int) -> list[BftAction]:
@@ -835,7 +890,9 @@ class Bft:
     def _maybe_sync(self, now_ms: int) -> list[BftAction]:
         if self._sync_peer is not None or self._syncing_block or self.height + 1 in self._buffer:
             return []
-        ahead = [(h, p) for p, h in self._peer_heights.items() if h > self.height]
+        ahead = [
+            (h, p) for p, h in self._peer_heights.items() if h > self.height and p != self.node_id
+        ]
         if not ahead:
             return []
         _, peer = max(ahead)

@@ -2,8 +2,9 @@
 
 Walks every block from genesis to the tip and checks, for each: it decodes
 at its height, links to its parent by hash, its transactions and results
-match the header's roots, its certificate is signed by the configured
-proposer, every transaction's signature and creator verify, and the
+match the header's roots, its certificate holds commit signatures of a
+quorum (q of n) of the validators configured at genesis, every transaction's
+signature and creator verify, and the
 transaction index points back at it. Then it checks that the stored tip and
 state root match the tip block, that every state-tree node reachable from
 the root hashes to its key, and that the flat state is exactly the set of
@@ -22,6 +23,7 @@ from kyodo.ledger._store import LedgerStore
 from kyodo.ledger._types import Block
 from kyodo.ledger._verify import (
     check_envelope,
+    quorum_size,
     verify_block_contents,
     verify_certificate,
     verify_link,
@@ -96,11 +98,8 @@ def _verify_block(
     header = block.header
     verify_link(header, parent.header)
     verify_block_contents(block)
-    verify_certificate(header, block.certificate, config=config, signer_keys=keys, quorum=1)
-    if header.proposer not in {c.signer for c in block.certificate}:
-        raise BlockVerificationError(
-            "certificate lacks the proposer's signature", height=header.height, reason="certificate"
-        )
+    quorum = quorum_size(len(config.validators()))
+    verify_certificate(header, block.certificate, config=config, signer_keys=keys, quorum=quorum)
     for index, envelope in enumerate(block.txs):
         try:
             check_envelope(

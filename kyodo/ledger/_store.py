@@ -53,6 +53,7 @@ _TIP_HEIGHT = b"tip_height"
 _TIP_HASH = b"tip_hash"
 _STATE_ROOT = b"state_root"
 _GENESIS_HASH = b"genesis_hash"
+_CONSENSUS_WAL = b"consensus_wal"
 _HEIGHT = struct.Struct(">Q")
 _LOCATION = struct.Struct(">QI")
 
@@ -279,6 +280,16 @@ class LedgerStore:
         if header.height == 0:
             batch.put(_GENESIS_HASH, block_hash, h["meta"])
         self._db.write(batch, self._sync)
+
+    # -- consensus write-ahead log --------------------------------------------------------
+
+    def load_consensus_wal(self) -> bytes | None:
+        """The consensus core's last write-ahead record (opaque bytes), if any."""
+        return self._get("meta", _CONSENSUS_WAL)
+
+    def save_consensus_wal(self, record: bytes) -> None:
+        """Durably replace the consensus write-ahead record (synced before returning)."""
+        self._db.write(_single("meta", _CONSENSUS_WAL, record, self._handles), self._sync)
 
     # -- raw access for verification and repair tools ------------------------------------
 

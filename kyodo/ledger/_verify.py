@@ -48,6 +48,7 @@ __all__ = [
     "compute_results_root",
     "compute_txs_root",
     "prepare_state",
+    "quorum_size",
     "recheck_envelope",
     "verify_block_contents",
     "verify_certificate",
@@ -207,6 +208,16 @@ def verify_link(header: BlockHeader, parent: BlockHeader) -> None:
         raise BlockVerificationError(
             "timestamp earlier than the parent's", height=header.height, reason="timestamp"
         )
+
+
+def quorum_size(validators: int) -> int:
+    """q = ceil((n + f + 1) / 2) with f = (n - 1) // 3: any two quorums of n validators
+    share at least f + 1, so at least one honest validator."""
+    assert validators >= 1
+    f = (validators - 1) // 3
+    q = -(-(validators + f + 1) // 2)
+    assert 2 * q - validators >= f + 1
+    return q
 
 
 def verify_certificate(

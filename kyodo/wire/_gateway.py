@@ -124,7 +124,9 @@ class NodeStatus:
     node_id: str
     org_id: str
     role: str
-    """``leader`` or ``follower`` (validators), per the current consensus."""
+    """``leader``, ``follower``, or ``view-change`` while the validators change leader."""
+    view: int
+    """The consensus view (it increases with every leader change)."""
     height: int
     tip_hash: bytes
     state_root: bytes
