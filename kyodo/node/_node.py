@@ -30,23 +30,42 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 import kyodo
-from kyodo.codec import DecodeError, decode, encode
+from kyodo.codec import DecodeError, decode, decode_record, encode
 from kyodo.consensus import (
-    Action,
+    AppendCertified,
     AppendPeerBlock,
-    BlockMessage,
+    Bft,
+    BftAction,
+    BftParams,
     Broadcast,
+    BuildProposal,
+    Commit,
     ForwardTx,
-    ProposeBlock,
+    Heartbeat,
+    NewView,
+    PersistWal,
+    Prepare,
+    PrePrepare,
     RequestSync,
     Send,
-    SingleLeader,
+    SignedViewData,
     StatusMessage,
     SyncRequest,
     SyncResponse,
+    VerifyProposal,
+    ViewChange,
+    WalState,
 )
 from kyodo.contracts import BUILTIN_CONTRACTS, Executor
-from kyodo.crypto import ZERO_HASH, Ed25519Signer, load_private_key, read_passphrase
+from kyodo.crypto import (
+    ED25519,
+    ZERO_HASH,
+    CryptoError,
+    Ed25519Signer,
+    load_private_key,
+    read_passphrase,
+    verify_signature,
+)
 from kyodo.gateway import GatewayServer
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
@@ -54,19 +73,19 @@ from kyodo.ledger import (
     BlockHeader,
     BlockVerificationError,
     CheckedTx,
-    CommitSignature,
     Height,
     LedgerError,
     LedgerStore,
     NetworkConfig,
+    PreparedState,
     TransactionRejectedError,
     TxEnvelope,
     check_envelope,
-    commit_message,
     compute_results_root,
     compute_txs_root,
     load_genesis,
     prepare_state,
+    quorum_size,
     recheck_envelope,
     verify_block_contents,
     verify_certificate,
@@ -88,6 +107,7 @@ log = structlog.get_logger("kyodo.node")
 T = TypeVar("T")
 _SYNC_MAX_BYTES = 16 * 1024 * 1024
 _RECENT_TXS = 100_000
+BFT_MESSAGES = (PrePrepare, Prepare, Commit, ViewChange, SignedViewData, NewView, Heartbeat)
 _STALL_S = 5.0
 """A node behind its peers that appended nothing for this long reports itself unhealthy."""
 
@@ -135,7 +155,12 @@ class Node:
         self._tip_header: BlockHeader
         """Header of the last appended block; owned by the ledger thread."""
         self.store: LedgerStore
-        self.consensus: SingleLeader
+        self.consensus: Bft
+        self._validators = tuple(n.node_id for n in self.config.validators())
+        self._wal_thread = ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._prepared: dict[bytes, PreparedState] = {}
+        """State changes of proposals verified on the current tip, by block hash (ledger
+        thread); the certified one is appended without executing it again."""
         self.p2p: PeerNetwork
         self.gateway: GatewayServer
         self._waiters: dict[bytes, list[asyncio.Future[TxStatusResponse]]] = {}
@@ -164,14 +189,7 @@ class Node:
         height = self.store.height()
         assert height is not None
         self._tip = (height, self.store.tip_hash(), self.store.state_root())
-        validators = tuple(n.node_id for n in self.config.validators())
-        self.consensus = SingleLeader(
-            node_id=self.cfg.node_id,
-            validators=validators,
-            params=self.config.consensus,
-            height=height,
-            tip_hash=self.store.tip_hash(),
-        )
+        self.consensus = await self._in_ledger(self._make_consensus)
         self.metrics.height.set(height)
         await self._start_network()
         self._ready = True
@@ -180,6 +198,7 @@ class Node:
             node=self.cfg.node_id,
             height=height,
             leader=self.consensus.leader(),
+            view=self.consensus.view,
             gateway=self.cfg.gateway_port,
         )
         ticker = asyncio.create_task(self._tick_loop())
@@ -190,6 +209,7 @@ class Node:
         await self.p2p.stop()
         await self._in_ledger(self.store.close)
         self._ledger_thread.shutdown()
+        self._wal_thread.shutdown()
         self._readers.shutdown()
 
     def _open_store(self) -> LedgerStore:
@@ -279,56 +299,148 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- consensus actions -----------------------------------------------------------
+    # -- consensus -------------------------------------------------------------------
 
-    def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
+    def _make_consensus(self) -> Bft:
+        """The BFT core, resumed from this node's write-ahead log (ledger thread)."""
+        tip = self.store.get_block(self._tip_header.height)
+        assert tip is not None
+        raw = self.store.load_consensus_wal()
+        wal = None
+        if raw is not None:
+            try:
+                wal = decode_record(WalState, raw)
+            except DecodeError as exc:
+                raise LedgerError(f"the consensus write-ahead log is corrupt: {exc}") from exc
+        params = self.config.consensus
+        return Bft(
+            node_id=self.cfg.node_id,
+            validators=self._validators,
+            chain_id=self.chain_id,
+            tip=tip,
+            params=BftParams(
+                max_batch_txs=params.max_batch_txs,
+                max_batch_bytes=params.max_batch_bytes,
+                batch_timeout_ms=params.batch_timeout_ms,
+            ),
+            sign=self._signer.sign,
+            verify_signature=self._verify_node_signature,
+            verify_certified=self._is_certified,
+            wal=wal,
+            now_ms=now_ms(),
+        )
+
+    def _verify_node_signature(self, node_id: str, message: bytes, signature: bytes) -> bool:
+        key = self._signer_keys.get(node_id)
+        if key is None:
+            return False
+        try:
+            verify_signature(ED25519, key, message, signature)
+        except CryptoError:
+            return False
+        return True
+
+    def _is_certified(self, block: Block) -> bool:
+        try:
+            self._check_certificate(block)
+        except BlockVerificationError:
+            return False
+        return True
+
+    def _check_certificate(self, block: Block) -> None:
+        verify_certificate(
+            block.header,
+            block.certificate,
+            config=self.config,
+            signer_keys=self._signer_keys,
+            quorum=quorum_size(len(self._validators)),
+        )
+
+    def _apply(self, actions: list[BftAction]) -> None:
+        """Carry out the core's actions in order. ``PersistWal`` holds back the actions
+        after it until the record is durable: no vote leaves before its log entry."""
+        for index, action in enumerate(actions):
+            if isinstance(action, PersistWal):
+                self._spawn(self._persist_then(action.state, actions[index + 1 :]))
+                return
             if isinstance(action, Send):
                 self.p2p.send(action.to, encode(action.message))
             elif isinstance(action, Broadcast):
                 self.p2p.broadcast(encode(action.message))
-            elif isinstance(action, ProposeBlock):
-                self._spawn(self._propose(action.txs))
+            elif isinstance(action, BuildProposal):
+                self._spawn(self._build(action))
+            elif isinstance(action, VerifyProposal):
+                self._spawn(self._verify_proposal(action))
+            elif isinstance(action, AppendCertified):
+                self._spawn(self._append(action.block, sender=None))
             elif isinstance(action, AppendPeerBlock):
-                self._spawn(self._append_peer_block(action.block, action.sender))
+                self._spawn(self._append(action.block, sender=action.sender))
             elif isinstance(action, RequestSync):
                 request = SyncRequest(from_height=action.from_height, max_blocks=64)
                 self.p2p.send(action.peer, encode(request))
             else:
                 raise AssertionError(f"unknown action {action!r}")
 
-    async def _propose(self, txs: tuple[TxEnvelope, ...]) -> None:
+    async def _persist_then(self, state: WalState, rest: list[BftAction]) -> None:
         try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._wal_thread, self.store.save_consensus_wal, encode(state)
+            )
+        except Exception as exc:  # a vote must not leave without its log entry
+            self._halt("wal_write_failed", exc)
+            return
+        self._apply(rest)
+
+    async def _build(self, action: BuildProposal) -> None:
+        try:
+            txs = tuple(t for t in action.txs if isinstance(t, TxEnvelope))
             block, dropped = await self._in_ledger(self._build_block, txs, now_ms())
-        except Exception as exc:  # building from verified data cannot fail: a bug
+        except Exception as exc:  # building from checked requests cannot fail: a bug
             self._halt("block_build_failed", exc)
             return
         self.consensus.drop_requests(dropped)
-        if block is None:
-            self._apply(self.consensus.on_proposal_failed(now_ms()))
-            return
-        self._on_appended(block)
+        self._apply(self.consensus.on_proposal_built(block, now_ms()))
 
-    async def _append_peer_block(self, block: Block, sender: str) -> None:
+    async def _verify_proposal(self, action: VerifyProposal) -> None:
+        ok = True
         try:
-            await self._in_ledger(self._verify_and_append, block)
+            await self._in_ledger(self._verify_block, action.block)
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
-            self.metrics.blocks_rejected.labels(getattr(exc, "reason", "invalid")).inc()
-            self._last_error = f"rejected block {block.header.height} from {sender}: {exc}"
-            log.warning(
-                "block_rejected",
-                height=block.header.height,
-                sender=sender,
-                error=type(exc).__name__,
-                reason=getattr(exc, "reason", ""),
-                detail=str(exc),
-            )
+            self._note_rejected(action.block, self.consensus.leader_of(action.view), exc)
+            ok = False
+        except Exception as exc:  # anything but a verification verdict is a bug
+            self._halt("block_verify_failed", exc)
+            return
+        self._apply(self.consensus.on_proposal_verified(action.view, action.block, ok, now_ms()))
+
+    async def _append(self, block: Block, *, sender: str | None) -> None:
+        """Append a block certified by a quorum: ours (``sender`` None) or a peer's."""
+        try:
+            await self._in_ledger(self._append_block, block)
+        except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
+            if sender is None:  # we verified it before voting: failing now is a bug
+                self._halt("certified_block_failed", exc)
+                return
+            self._note_rejected(block, sender, exc)
             self._apply(self.consensus.on_block_rejected(block, sender, now_ms()))
             return
         except Exception as exc:  # anything but a verification verdict is a bug
             self._halt("block_append_failed", exc)
             return
         self._on_appended(block)
+
+    def _note_rejected(self, block: Block, sender: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", "invalid")
+        self.metrics.blocks_rejected.labels(reason).inc()
+        self._last_error = f"rejected block {block.header.height} from {sender}: {exc}"
+        log.warning(
+            "block_rejected",
+            height=block.header.height,
+            sender=sender,
+            error=type(exc).__name__,
+            reason=reason,
+            detail=str(exc),
+        )
 
     def _halt(self, event: str, exc: BaseException) -> None:
         """Stop the node after a broken invariant rather than go on in a state
@@ -396,6 +508,8 @@ class Node:
         txs: tuple[TxEnvelope, ...],
         now: int,
     ) -> tuple[Block | None, list[bytes]]:
+        """Execute a batch on the tip and build the proposal (not appended; its state
+        change is kept until the block is certified)."""
         store = self.store
         parent = self._tip_header
         assert parent.height == store.height(), "the ledger thread's tip is the store's"
@@ -423,44 +537,29 @@ class Node:
             epoch=0,
             config_hash=ZERO_HASH,
         )
-        signature = self._signer.sign(commit_message(self.chain_id, header.block_hash()))
         block = Block(
-            header=header,
-            txs=envelopes,
-            results=execution.results,
-            certificate=(CommitSignature(signer=self.cfg.node_id, signature=signature),),
-            config=None,
+            header=header, txs=envelopes, results=execution.results, certificate=(), config=None
         )
-        store.append_block(
-            block,
-            state_records=prepared.state_records,
-            history=prepared.history,
-            tree_update=prepared.tree_update,
-        )
-        self._tip_header = header
+        self._prepared[header.block_hash()] = prepared
         return block, dropped
 
-    def _verify_and_append(self, block: Block) -> None:
-        """Verify a peer's block completely, then append it; raise if it does not verify."""
+    def _verify_block(self, block: Block) -> PreparedState:
+        """Verify a block completely against the tip, re-executing it; raise if it does
+        not verify. The state change is kept for the append."""
         store = self.store
         header = block.header
         parent = self._tip_header
-        assert parent.height == store.height() and header.height == parent.height + 1
-        verify_link(header, parent)
-        if header.proposer != self.consensus.leader() or block.config is not None:
+        assert parent.height == store.height()
+        if header.height != parent.height + 1:
             raise BlockVerificationError(
-                f"proposed by {header.proposer}, not the leader {self.consensus.leader()}",
+                f"does not follow the tip {parent.height}", height=header.height, reason="height"
+            )
+        verify_link(header, parent)
+        if header.proposer not in self._signer_keys or block.config is not None:
+            raise BlockVerificationError(
+                f"proposer {header.proposer!r} is not a validator",
                 height=header.height,
                 reason="proposer",
-            )
-        verify_certificate(
-            header, block.certificate, config=self.config, signer_keys=self._signer_keys, quorum=1
-        )
-        if {c.signer for c in block.certificate} != {header.proposer}:
-            raise BlockVerificationError(
-                "certificate is not the proposer's signature",
-                height=header.height,
-                reason="certificate",
             )
         verify_block_contents(block)
         checked, dropped = self._check_batch(block.txs, header.timestamp_ms)
@@ -488,13 +587,24 @@ class Node:
                 height=header.height,
                 reason="state_root",
             )
-        store.append_block(
+        self._prepared[header.block_hash()] = prepared
+        return prepared
+
+    def _append_block(self, block: Block) -> None:
+        """Append a block whose certificate holds a quorum; verify it first unless this
+        node already did (its state change is then kept from that verification)."""
+        self._check_certificate(block)
+        prepared = self._prepared.pop(block.block_hash(), None)
+        if prepared is None:
+            prepared = self._verify_block(block)
+        self.store.append_block(
             block,
             state_records=prepared.state_records,
             history=prepared.history,
             tree_update=prepared.tree_update,
         )
-        self._tip_header = header
+        self._tip_header = block.header
+        self._prepared.clear()  # state changes computed on the old tip are stale
 
     # -- p2p -------------------------------------------------------------------------
 
@@ -514,7 +624,7 @@ class Node:
             self._spawn(self._on_forwarded(message.envelope, peer))
         elif isinstance(message, SyncRequest):
             self._spawn(self._serve_sync(peer, message))
-        elif isinstance(message, BlockMessage | SyncResponse | StatusMessage):
+        elif isinstance(message, (*BFT_MESSAGES, SyncResponse, StatusMessage)):
             self._apply(self.consensus.on_message(peer, message, now_ms()))
         else:
             self.metrics.messages_rejected.labels("unexpected").inc()
@@ -713,7 +823,8 @@ class Node:
         return NodeStatus(
             node_id=self.cfg.node_id,
             org_id=self.org_id,
-            role="leader" if self.consensus.is_leader() else "follower",
+            role=_role(self.consensus),
+            view=self.consensus.view,
             height=height,
             tip_hash=tip_hash,
             state_root=state_root,
@@ -737,6 +848,12 @@ def _final(
         result=result,
         message=message,
     )
+
+
+def _role(core: Bft) -> str:
+    if core.in_view_change:
+        return "view-change"
+    return "leader" if core.is_leader() else "follower"
 
 
 def _utc(ms: int) -> Any:

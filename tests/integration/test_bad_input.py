@@ -12,6 +12,7 @@ import struct
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kyodo.cli._network import LocalNetwork, NodeEntry
 from kyodo.client import KyodoError, TransactionRejected, Unauthenticated, Unavailable
 from kyodo.client._gateway import Gateway
 from kyodo.codec import decode_record, encode
-from kyodo.consensus import BlockMessage
+from kyodo.consensus import PrePrepare, SyncResponse
 from kyodo.crypto import ZERO_HASH, Ed25519Signer, load_private_key
 from kyodo.identity import CertificateAuthority, Role
 from kyodo.ledger import (
@@ -110,25 +111,20 @@ def send_and_hold(port: int, ctx: ssl.SSLContext, data: bytes, until: object) ->
     asyncio.run(run())
 
 
-def leader_signer(net: LocalNetwork) -> Ed25519Signer:
-    leader = net.node("org1-node0")
-    key = load_private_key(leader.home / "signing.key", passphrase(net, "org1"))
+def node_signer(net: LocalNetwork, node_id: str) -> Ed25519Signer:
+    """The real signing key of a node (the test plays a compromised validator)."""
+    node = net.node(node_id)
+    key = load_private_key(node.home / "signing.key", passphrase(net, node.org_id))
     assert isinstance(key, ed25519.Ed25519PrivateKey)
     return Ed25519Signer(key)
 
 
 def next_block(
-    net: LocalNetwork,
-    gw: Gateway,
-    *,
-    signer: Ed25519Signer,
-    state_root: bytes | None,
-    prev_hash: bytes | None = None,
+    gw: Gateway, *, proposer: str, state_root: bytes | None = None, prev_hash: bytes | None = None
 ) -> Block:
-    """A block on top of the tip holding one call to a function that does not exist.
-
-    Its real outcome is known without executing it: status UNKNOWN_FUNCTION, no writes,
-    so the real state root is the tip's. ``state_root``/``prev_hash`` override the truth.
+    """An uncertified block on top of the tip holding one call to a function that does not
+    exist. Its real outcome is known without executing it: status UNKNOWN_FUNCTION, no
+    writes, so the true state root is the tip's. ``state_root``/``prev_hash`` override it.
     """
     tip = decode_record(Block, gw.block(-1))
     envelope = gw.sign("asset_transfer", "no_such_function", ())
@@ -147,62 +143,74 @@ def next_block(
         results_root=compute_results_root((result,)),
         state_root=state_root if state_root is not None else tip.header.state_root,
         timestamp_ms=max(time.time_ns() // 1_000_000, tip.header.timestamp_ms),
-        proposer="org1-node0",
+        proposer=proposer,
         epoch=0,
         config_hash=ZERO_HASH,
     )
-    signature = signer.sign(commit_message(header.chain_id, header.block_hash()))
-    return Block(
-        header=header,
-        txs=(envelope,),
-        results=(result,),
-        config=None,
-        certificate=(CommitSignature(signer="org1-node0", signature=signature),),
+    return Block(header=header, txs=(envelope,), results=(result,), config=None, certificate=())
+
+
+def certify(block: Block, signers: dict[str, Ed25519Signer]) -> Block:
+    """``block`` with commit signatures by ``signers`` (real keys: a compromised quorum)."""
+    message = commit_message(block.header.chain_id, block.block_hash())
+    return replace(
+        block,
+        certificate=tuple(
+            CommitSignature(signer=name, signature=signer.sign(message))
+            for name, signer in sorted(signers.items())
+        ),
     )
 
 
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("wrong_state_root", "state_root"),
-        ("forged_certificate", "certificate"),
-        ("broken_link", "prev_hash"),
+        ("proposal_with_wrong_state_root", "state_root"),
+        ("synced_block_with_forged_certificate", "certificate"),
+        ("synced_block_certified_by_a_quorum_but_broken_link", "prev_hash"),
+        ("synced_block_certified_by_a_quorum_but_wrong_state_root", "state_root"),
     ],
 )
-def test_tampered_block_sent_to_a_follower_is_rejected_and_not_stored(network, case, reason):
-    follower = network.node("org2-node0")
+def test_tampered_block_sent_to_a_validator_is_rejected_and_not_stored(network, case, reason):
+    """Whether it comes as the leader's proposal or as a certified block in a sync, a
+    block is appended only if it verifies and re-executes to its roots: even q real
+    commit signatures (a compromised quorum) do not make a wrong state root acceptable."""
     before = wait_converged(network)
-    rejected_before = metric(follower, "kyodo_blocks_rejected_total", reason=reason)
-    with network.gateway("org1") as gw:
-        if (
-            case == "wrong_state_root"
-        ):  # signed with the leader's real key: only re-execution catches it
-            block = next_block(
-                network, gw, signer=leader_signer(network), state_root=os.urandom(32)
-            )
-        elif case == "forged_certificate":
-            block = next_block(network, gw, signer=Ed25519Signer.generate(), state_root=None)
+    leader = network.nodes[before.view % len(network.nodes)].node_id
+    others = [n for n in network.nodes if n.node_id != leader]
+    target = others[-1]
+    rejected_before = metric(target, "kyodo_blocks_rejected_total", reason=reason)
+    quorum = {n.node_id: node_signer(network, n.node_id) for n in network.nodes[:3]}
+    with network.gateway(others[0].org_id) as gw:
+        if case == "proposal_with_wrong_state_root":
+            block = next_block(gw, proposer=leader, state_root=os.urandom(32))
+            message: object = PrePrepare(view=before.view, height=block.header.height, block=block)
+            sender = network.node(leader)  # only the real leader's identity is heard
+        elif case == "synced_block_with_forged_certificate":
+            forged = {name: Ed25519Signer.generate() for name in quorum}
+            block = certify(next_block(gw, proposer=leader), forged)
+            message = SyncResponse(blocks=(block,))
+            sender = others[0]
+        elif case == "synced_block_certified_by_a_quorum_but_broken_link":
+            block = certify(next_block(gw, proposer=leader, prev_hash=os.urandom(32)), quorum)
+            message = SyncResponse(blocks=(block,))
+            sender = others[0]
         else:
-            block = next_block(
-                network,
-                gw,
-                signer=leader_signer(network),
-                state_root=None,
-                prev_hash=os.urandom(32),
-            )
-    frame = encode_frame(encode(BlockMessage(block=block)))
+            block = certify(next_block(gw, proposer=leader, state_root=os.urandom(32)), quorum)
+            message = SyncResponse(blocks=(block,))
+            sender = others[0]
     send_and_hold(
-        follower.p2p_port,
-        node_tls(network, network.node("org1-node0")),
-        frame,
+        target.p2p_port,
+        node_tls(network, sender),
+        encode_frame(encode(message)),
         until=lambda: (
-            metric(follower, "kyodo_blocks_rejected_total", reason=reason) > rejected_before
+            metric(target, "kyodo_blocks_rejected_total", reason=reason) > rejected_before
         ),
     )
-    assert metric(follower, "kyodo_blocks_rejected_total", reason=reason) == rejected_before + 1
-    status = node_status(network, follower)
+    assert metric(target, "kyodo_blocks_rejected_total", reason=reason) == rejected_before + 1
+    status = node_status(network, target)
     assert status.height == before.height and status.tip_hash == before.tip_hash
-    with network.gateway("org2") as gw:  # the chain goes on, without the tampered block
+    with network.gateway(others[0].org_id) as gw:  # the chain goes on without it
         outcome = gw.contract("asset_transfer").submit_transaction(
             "create_account", f"after-{case}"
         )
