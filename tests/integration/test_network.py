@@ -29,11 +29,15 @@ def kyodo(*args: str, folder: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def open_accounts(net: LocalNetwork, clients: int, prefix: str) -> list[tuple[str, str, str]]:
-    """Two funded accounts per client, owned by user1 of the client's organization."""
+def open_accounts(
+    net: LocalNetwork, clients: int, prefix: str, orgs: list[str] | None = None
+) -> list[tuple[str, str, str]]:
+    """Two funded accounts per client, owned by user1 of the client's organization
+    (organizations taken in turn from ``orgs``, by default all)."""
     pairs = []
+    orgs = orgs or net.orgs
     for i in range(clients):
-        org = net.orgs[i % len(net.orgs)]
+        org = orgs[i % len(orgs)]
         a, b = f"{prefix}-{i}-a", f"{prefix}-{i}-b"
         with net.gateway(org) as gw, net.gateway(org, "admin") as admin:
             contract = gw.contract("asset_transfer")
