@@ -122,6 +122,8 @@ class Harness:
         self.seq = 0
         self.nodes = {i: SimNode(i, [genesis()]) for i in self.ids}
         self.submitted: dict[bytes, TxEnvelope] = {}
+        self.expiry: dict[bytes, int] = {}
+        """When a request becomes too old to order (the real node: created + max age)."""
         self.partitioned: set[str] = set()
         for node in self.nodes.values():
             self._boot(node)
@@ -214,7 +216,11 @@ class Harness:
     def build(self, node: SimNode, action: BuildProposal) -> Block | None:
         tip = node.chain[-1]
         seen = {t.tx_id() for b in node.chain for t in b.txs}
-        txs = tuple(t for t in action.txs if t.tx_id() not in seen)  # type: ignore[union-attr]
+        txs = tuple(
+            t
+            for t in action.txs  # type: ignore[union-attr]
+            if t.tx_id() not in seen and not self.expired(t.tx_id())
+        )  # type: ignore[union-attr]
         if not txs:
             return None
         root = os.urandom(32) if node.byzantine_root else state_root(tip, txs)
@@ -239,9 +245,17 @@ class Harness:
             block.header.height == tip.header.height + 1
             and block.header.prev_hash == tip.block_hash()
             and block.header.state_root == state_root(tip, block.txs)
-            and all(t.tx_id() in self.submitted and t.tx_id() not in seen for t in block.txs)
+            and all(
+                t.tx_id() in self.submitted
+                and t.tx_id() not in seen
+                and not self.expired(t.tx_id())
+                for t in block.txs
+            )
             and len({t.tx_id() for t in block.txs}) == len(block.txs)
         )
+
+    def expired(self, tx_id: bytes) -> bool:
+        return tx_id in self.expiry and self.expiry[tx_id] <= self.now
 
     def on_event(self, event: Event) -> None:
         node = self.nodes[event.node]
@@ -261,7 +275,12 @@ class Harness:
             if isinstance(message, ForwardTx):
                 tx_id = message.envelope.tx_id()
                 if not any(tx_id == t.tx_id() for b in node.chain for t in b.txs):
-                    self.apply(node, core.on_request(message.envelope, tx_id, self.now))
+                    self.apply(
+                        node,
+                        core.on_request(
+                            message.envelope, tx_id, self.now, expires_ms=self.expiry.get(tx_id)
+                        ),
+                    )
             elif isinstance(message, SyncRequest):
                 blocks = tuple(node.chain[message.from_height : message.from_height + 16])
                 if blocks:
@@ -282,7 +301,10 @@ class Harness:
             if not core.contains(tx_id) and not any(
                 tx_id == t.tx_id() for b in node.chain for t in b.txs
             ):
-                self.apply(node, core.on_request(envelope, tx_id, self.now))
+                self.apply(
+                    node,
+                    core.on_request(envelope, tx_id, self.now, expires_ms=self.expiry.get(tx_id)),
+                )
 
     def append(self, node: SimNode, action: object) -> None:
         core = node.core
@@ -546,3 +568,56 @@ def test_randomized_faults_keep_agreement_and_liveness(seed):
     h.drop = 0.0  # faults stop: everything submitted must become final everywhere
     h.run(until=40_000)
     assert h.final_everywhere(), f"seed={seed}: not live after faults stopped"
+
+
+def test_an_expired_request_leaves_every_pool_and_causes_no_view_change():
+    h = Harness(4, seed=31)
+    h.run(until=100)
+    stale = TxEnvelope(payload=b"too-old", signature=b"")
+    h.submitted[stale.tx_id()] = stale
+    h.expiry[stale.tx_id()] = h.now  # already too old: the leader will not order it
+    for node in h.nodes.values():  # held by every validator
+        core = node.core
+        assert core is not None
+        h.apply(
+            node, core.on_request(stale, stale.tx_id(), h.now, expires_ms=h.expiry[stale.tx_id()])
+        )
+    h.run(until=PARAMS.request_complain_ms * 3)
+    for node in h.nodes.values():
+        core = node.core
+        assert core is not None
+        assert not core.contains(stale.tx_id()) and core.expired_count >= 1
+        assert core.view == 0 and not core.in_view_change
+    assert all(
+        stale.tx_id() not in {t.tx_id() for b in n.chain for t in b.txs} for n in h.nodes.values()
+    )
+
+
+def test_messages_from_a_non_validator_are_ignored():
+    h = Harness(4, seed=32)
+    core = h.nodes["v1"].core
+    assert core is not None
+    from kyodo.consensus import ViewChange
+
+    for _ in range(5):  # an outsider cannot push the validators into a view change
+        assert core.on_message("intruder", ViewChange(next_view=7), 10) == []
+    assert core.view == 0 and not core.in_view_change
+
+
+def test_a_censoring_leader_is_replaced_and_the_request_is_ordered():
+    h = Harness(4, seed=33)
+    h.run(until=200)
+    censored = TxEnvelope(payload=b"censored", signature=b"")
+    h.submitted[censored.tx_id()] = censored
+    leader = h.nodes["v0"].core
+    assert leader is not None
+    original = leader.on_request
+
+    def censor(envelope, tx_id, now_ms, **kw):  # type: ignore[no-untyped-def]
+        return [] if tx_id == censored.tx_id() else original(envelope, tx_id, now_ms, **kw)
+
+    leader.on_request = censor  # type: ignore[method-assign]
+    h._at(300, "submit", "v2", censored)
+    h.run(until=PARAMS.request_complain_ms * 4)
+    assert h.final_everywhere()  # ordered under a new leader
+    assert all(h.nodes[i].core.view > 0 for i in ("v1", "v2", "v3"))  # type: ignore[union-attr]

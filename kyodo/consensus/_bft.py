@@ -166,6 +166,8 @@ class _PoolEntry:
     """When it arrived, or when the current leader's grace period began."""
     broadcast_ms: int | None = None
     """When it was last sent to every validator (repeated until it is ordered)."""
+    expires_ms: int | None = None
+    """After this no validator will order it (too old): it leaves the pool unordered."""
 
 
 @dataclass(slots=True)
@@ -217,6 +219,8 @@ class Bft:
         self.in_view_change = False
         self.round = _Round()
         self._pool: OrderedDict[bytes, _PoolEntry] = OrderedDict()
+        self.expired_count = 0
+        """Requests dropped from the pool because they grew too old to order."""
         self._building = False
         self._last_leader_ms = now_ms
         self._last_heartbeat_ms = now_ms
@@ -287,12 +291,18 @@ class Bft:
 
     # -- events ----------------------------------------------------------------------
 
-    def on_request(self, envelope: TxEnvelope, tx_id: bytes, now_ms: int) -> list[BftAction]:
-        """A checked, non-duplicate request: pool it; a follower forwards it to the leader."""
+    def on_request(
+        self, envelope: TxEnvelope, tx_id: bytes, now_ms: int, *, expires_ms: int | None = None
+    ) -> list[BftAction]:
+        """A checked, non-duplicate request: pool it; a follower forwards it to the leader.
+
+        ``expires_ms``: when the request becomes too old to order; it is then dropped
+        from the pool rather than complained about (no leader could order it).
+        """
         if tx_id in self._pool:
             return []
         assert not self.is_pool_full(), "the shell checks the pool bound first"
-        self._pool[tx_id] = _PoolEntry(envelope=envelope, arrived_ms=now_ms)
+        self._pool[tx_id] = _PoolEntry(envelope=envelope, arrived_ms=now_ms, expires_ms=expires_ms)
         if self.is_leader():
             return self._maybe_propose(now_ms)
         if self.in_view_change:  # whoever leads next must have it: tell everyone
@@ -302,6 +312,7 @@ class Bft:
 
     def on_tick(self, now_ms: int) -> list[BftAction]:
         """Time passed: propose, heartbeat, complain, time out view changes, sync."""
+        self._expire(now_ms)
         actions: list[BftAction] = []
         if self.in_view_change:
             actions += self._view_change_timers(now_ms)
@@ -381,6 +392,16 @@ class Bft:
         if self.round.accepted is not None or self.round.reproposal is not None:
             return []
         return self._accept(block, now_ms, broadcast_proposal=True)
+
+    def _expire(self, now_ms: int) -> None:
+        expired = [
+            tx_id
+            for tx_id, e in self._pool.items()
+            if e.expires_ms is not None and e.expires_ms <= now_ms
+        ]
+        for tx_id in expired:
+            del self._pool[tx_id]
+        self.expired_count += len(expired)
 
     def drop_requests(self, tx_ids: list[bytes]) -> None:
         """Forget requests the shell found invalid when building."""

@@ -641,7 +641,14 @@ class Node:
         except TransactionRejectedError as exc:
             log.info("forwarded_tx_rejected", peer=peer, reason=exc.reason)
             return
-        self._apply(self.consensus.on_request(envelope, checked.tx_id, now_ms()))
+        self._request(checked)
+
+    def _request(self, checked: CheckedTx) -> None:
+        """Hand an admitted transaction to consensus, with the time it becomes too old."""
+        expires = checked.tx.created_ms + self.config.consensus.tx_max_age_ms
+        self._apply(
+            self.consensus.on_request(checked.envelope, checked.tx_id, now_ms(), expires_ms=expires)
+        )
 
     async def _serve_sync(self, peer: str, request: SyncRequest) -> None:
         def read() -> list[Block]:
@@ -711,7 +718,7 @@ class Node:
         tx_id = checked.tx_id
         waiter: asyncio.Future[TxStatusResponse] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(tx_id, []).append(waiter)
-        self._apply(self.consensus.on_request(envelope, tx_id, now_ms()))
+        self._request(checked)
         return await self._wait(tx_id, waiter, wait_ms)
 
     async def _wait(
