@@ -552,11 +552,19 @@ def test_two_two_split_makes_no_progress_and_no_fork_then_heals():
     assert h.final_everywhere()
 
 
-SEEDS = int(os.environ.get("KYODO_BFT_SEEDS", "60"))
+REGRESSION_SEEDS = [1047, 1291]
+"""Seeds that once failed (double append via sync and certificate; syncing from oneself)."""
+
+DEFAULT_SEEDS = int(os.environ.get("KYODO_BFT_SEEDS", "200"))
+SLOW_SEEDS = int(os.environ.get("KYODO_BFT_SLOW_SEEDS", "5000"))
 
 
-@pytest.mark.parametrize("seed", range(1000, 1000 + SEEDS))
-def test_randomized_faults_keep_agreement_and_liveness(seed):
+def run_randomized(seed: int) -> None:
+    """Crashes, restarts, message loss and delay until 8 s; then everything must finish.
+
+    A failure names its seed; ``KYODO_BFT_SEED=N pytest tests/test_bft.py -k replay``
+    replays exactly that run.
+    """
     rng = random.Random(seed)
     h = Harness(4, seed=seed, drop=rng.choice([0.0, 0.05, 0.2]), max_delay=rng.randint(5, 60))
     h.submit(15, start=0, spread=3_000)
@@ -568,6 +576,22 @@ def test_randomized_faults_keep_agreement_and_liveness(seed):
     h.drop = 0.0  # faults stop: everything submitted must become final everywhere
     h.run(until=40_000)
     assert h.final_everywhere(), f"seed={seed}: not live after faults stopped"
+
+
+@pytest.mark.parametrize("seed", [*REGRESSION_SEEDS, *range(1000, 1000 + DEFAULT_SEEDS)])
+def test_randomized_faults_keep_agreement_and_liveness(seed):
+    run_randomized(seed)
+
+
+@pytest.mark.slow
+def test_randomized_faults_many_seeds():
+    for seed in range(100_000, 100_000 + SLOW_SEEDS):
+        run_randomized(seed)
+
+
+@pytest.mark.skipif("KYODO_BFT_SEED" not in os.environ, reason="set KYODO_BFT_SEED=N")
+def test_replay():
+    run_randomized(int(os.environ["KYODO_BFT_SEED"]))
 
 
 def test_an_expired_request_leaves_every_pool_and_causes_no_view_change():
