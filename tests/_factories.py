@@ -156,6 +156,7 @@ def make_network(*, chain_id: str = CHAIN_ID, tx_max_age_ms: int = 3_600_000) ->
             tx_max_age_ms=tx_max_age_ms,
         ),
         created_ms=NOW_MS,
+        allow_fragile_topology=False,
     )
     users = {"admin": issue("admin", Role.ADMIN), "user1": issue("user1", Role.CLIENT)}
     return LedgerNetwork(config=config, genesis=make_genesis_block(config), node=node, users=users)

@@ -120,7 +120,17 @@ def _wait_ready(
 
 @network_app.command("up")
 def network_up(
-    orgs: Annotated[int, typer.Option("--orgs", help="Organizations (one node each).")] = 4,
+    orgs: Annotated[int, typer.Option("--orgs", help="Organizations.")] = 4,
+    validators_per_org: Annotated[
+        int, typer.Option("--validators-per-org", help="Validator nodes per organization.")
+    ] = 1,
+    allow_fragile_topology: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fragile-topology",
+            help="Accept a validator set in which losing one organization halts the network.",
+        ),
+    ] = False,
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
 ) -> None:
@@ -131,7 +141,11 @@ def network_up(
             if not (folder / "network.json").exists():
                 task = progress.add_task("generating keys and genesis", total=None)
                 net = create_network(
-                    folder, orgs=orgs, progress=lambda m: progress.update(task, description=m)
+                    folder,
+                    orgs=orgs,
+                    validators_per_org=validators_per_org,
+                    allow_fragile_topology=allow_fragile_topology,
+                    progress=lambda m: progress.update(task, description=m),
                 )
                 progress.update(task, description="keys, certificates and genesis ready")
                 progress.stop_task(task)

@@ -38,9 +38,11 @@ from kyodo.crypto import save_private_key
 from kyodo.identity import CertificateAuthority, Role
 from kyodo.ledger import (
     ConsensusParams,
+    FragileTopologyError,
     NetworkConfig,
     NodeInfo,
     OrgInfo,
+    check_topology,
     make_genesis_block,
     save_genesis,
 )
@@ -116,14 +118,21 @@ def create_network(
     progress: Progress,
     batch_timeout_ms: int = 20,
     max_batch_txs: int = 500,
+    validators_per_org: int = 1,
+    allow_fragile_topology: bool = False,
 ) -> LocalNetwork:
-    """Generate a network of ``orgs`` organizations, one validator node each."""
+    """Generate a network of ``orgs`` organizations with ``validators_per_org`` validator
+    nodes each. A topology in which one organization holds more than f votes is refused
+    (before anything is written) unless ``allow_fragile_topology``."""
     if (folder / "network.json").exists():
         raise KyodoError(
             f"{folder} already holds a network; `kyodo network down --purge` first", code="exists"
         )
     if not 1 <= orgs <= 32:
         raise KyodoError("--orgs must be between 1 and 32", code="usage")
+    if not 1 <= validators_per_org <= 8:
+        raise KyodoError("--validators-per-org must be between 1 and 8", code="usage")
+    _check_planned_topology(orgs, validators_per_org, allow_fragile_topology)
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     chain_id = f"kyodo-local-{secrets.token_hex(4)}"
@@ -155,44 +164,45 @@ def create_network(
                 salt=salt,
                 now=now,
             )
-        node_id = f"{org_id}-node0"
-        home = folder / "nodes" / node_id
-        signing_pem, tls_pem = _issue_member(
-            ca, home, name=node_id, role=Role.NODE, passphrase=passphrase, salt=salt, now=now
-        )
-        p2p, gateway, metrics = _free_ports(3)
-        NodeConfig(
-            node_id=node_id,
-            org_id=org_id,
-            listen_host="127.0.0.1",
-            p2p_port=p2p,
-            gateway_port=gateway,
-            metrics_port=metrics,
-            genesis="../../genesis.block",
-            passphrase=f"file:../../orgs/{org_id}/passphrase",
-        ).save(home)
-        nodes.append(
-            NodeInfo(
+        for j in range(validators_per_org):
+            node_id = f"{org_id}-node{j}"
+            home = folder / "nodes" / node_id
+            signing_pem, tls_pem = _issue_member(
+                ca, home, name=node_id, role=Role.NODE, passphrase=passphrase, salt=salt, now=now
+            )
+            p2p, gateway, metrics = _free_ports(3)
+            NodeConfig(
                 node_id=node_id,
                 org_id=org_id,
-                signing_cert=_der(signing_pem),
-                tls_cert_pem=tls_pem,
-                host="127.0.0.1",
+                listen_host="127.0.0.1",
                 p2p_port=p2p,
                 gateway_port=gateway,
-                validator=True,
+                metrics_port=metrics,
+                genesis="../../genesis.block",
+                passphrase=f"file:../../orgs/{org_id}/passphrase",
+            ).save(home)
+            nodes.append(
+                NodeInfo(
+                    node_id=node_id,
+                    org_id=org_id,
+                    signing_cert=_der(signing_pem),
+                    tls_cert_pem=tls_pem,
+                    host="127.0.0.1",
+                    p2p_port=p2p,
+                    gateway_port=gateway,
+                    validator=True,
+                )
             )
-        )
-        entries.append(
-            {
-                "node_id": node_id,
-                "org_id": org_id,
-                "home": f"nodes/{node_id}",
-                "gateway": f"127.0.0.1:{gateway}",
-                "p2p_port": p2p,
-                "metrics_port": metrics,
-            }
-        )
+            entries.append(
+                {
+                    "node_id": node_id,
+                    "org_id": org_id,
+                    "home": f"nodes/{node_id}",
+                    "gateway": f"127.0.0.1:{gateway}",
+                    "p2p_port": p2p,
+                    "metrics_port": metrics,
+                }
+            )
     config = NetworkConfig(
         chain_id=chain_id,
         orgs=tuple(org_infos),
@@ -204,7 +214,9 @@ def create_network(
             tx_max_age_ms=300_000,
         ),
         created_ms=int(now.timestamp() * 1000),
+        allow_fragile_topology=allow_fragile_topology,
     )
+    check_topology(config, allow_fragile=allow_fragile_topology)
     progress("genesis block")
     save_genesis(folder / "genesis.block", make_genesis_block(config))
     (folder / "ca-bundle.pem").write_bytes(b"".join(o.ca_cert_pem for o in org_infos))
@@ -216,6 +228,38 @@ def create_network(
         + "\n"
     )
     return LocalNetwork(folder)
+
+
+def _check_planned_topology(orgs: int, per_org: int, allow_fragile: bool) -> None:
+    """Refuse a fragile validator set before generating anything for it."""
+    placeholders = tuple(
+        NodeInfo(
+            node_id=f"org{i}-node{j}",
+            org_id=f"org{i}",
+            signing_cert=b"",
+            tls_cert_pem=b"",
+            host="",
+            p2p_port=0,
+            gateway_port=0,
+            validator=True,
+        )
+        for i in range(1, orgs + 1)
+        for j in range(per_org)
+    )
+    planned = NetworkConfig(
+        chain_id="planned",
+        orgs=(),
+        nodes=placeholders,
+        consensus=ConsensusParams(
+            max_batch_txs=1, max_batch_bytes=1, batch_timeout_ms=1, tx_max_age_ms=1
+        ),
+        created_ms=0,
+        allow_fragile_topology=allow_fragile,
+    )
+    try:
+        check_topology(planned, allow_fragile=allow_fragile)
+    except FragileTopologyError as exc:
+        raise KyodoError(str(exc), code="fragile_topology") from exc
 
 
 class LocalNetwork:

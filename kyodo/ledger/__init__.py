@@ -22,6 +22,7 @@ from kyodo.ledger._store import (
     encode_state_record,
     split_state_key,
 )
+from kyodo.ledger._topology import FragileTopologyError, TopologyReport, check_topology
 from kyodo.ledger._types import (
     GENESIS_HEIGHT,
     Block,
@@ -75,6 +76,7 @@ __all__ = [
     "CommitSignature",
     "ConsensusParams",
     "Event",
+    "FragileTopologyError",
     "Height",
     "HistoryEntry",
     "LedgerError",
@@ -89,6 +91,7 @@ __all__ = [
     "StateProof",
     "StateProofError",
     "StoredDataError",
+    "TopologyReport",
     "Transaction",
     "TransactionRejectedError",
     "TreeUpdate",
@@ -98,6 +101,7 @@ __all__ = [
     "TxStatus",
     "apply_updates",
     "check_envelope",
+    "check_topology",
     "commit_message",
     "compute_proof",
     "compute_results_root",

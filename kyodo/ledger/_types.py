@@ -172,6 +172,9 @@ class NetworkConfig:
     nodes: tuple[NodeInfo, ...]
     consensus: ConsensusParams
     created_ms: int
+    allow_fragile_topology: bool
+    """The operators accepted that one organization holds more than f validator votes
+    (shown as a warning in every node's status and metrics)."""
 
     def node(self, node_id: str) -> NodeInfo | None:
         """The node with this id, or None."""

@@ -15,6 +15,11 @@ class NodeMetrics:
         r = self.registry
         self.height = Gauge("kyodo_block_height", "Height of the last appended block", registry=r)
         self.peers = Gauge("kyodo_peers_connected", "Peers with an open stream", registry=r)
+        self.fragile_topology = Gauge(
+            "kyodo_fragile_topology",
+            "1 if one organization holds more than f validator votes (accepted at genesis)",
+            registry=r,
+        )
         self.txs_committed = Counter("kyodo_txs_committed", "Transactions appended", registry=r)
         self.txs_rejected = Counter(
             "kyodo_txs_rejected", "Transactions refused at the gateway", ["reason"], registry=r

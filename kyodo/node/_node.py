@@ -81,6 +81,7 @@ from kyodo.ledger import (
     TransactionRejectedError,
     TxEnvelope,
     check_envelope,
+    check_topology,
     compute_results_root,
     compute_txs_root,
     load_genesis,
@@ -136,6 +137,9 @@ class Node:
         self.config: NetworkConfig = self.genesis.config
         self.chain_id = self.config.chain_id
         self.membership = Membership({o.org_id: o.ca_cert_pem for o in self.config.orgs})
+        self.topology = check_topology(
+            self.config, allow_fragile=self.config.allow_fragile_topology
+        )
         me = self.config.node(self.cfg.node_id)
         if me is None:
             raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
@@ -150,6 +154,7 @@ class Node:
             raise LedgerError("the signing key does not match this node's certificate")
         self.executor = Executor(BUILTIN_CONTRACTS)
         self.metrics = NodeMetrics()
+        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
         self._tip_header: BlockHeader
@@ -826,6 +831,11 @@ class Node:
         if problems and self._last_error:
             problems.append(f"last error: {self._last_error}")
         healthy = self._ready and not problems
+        if self.topology.fragile:  # accepted at genesis, but never silently
+            problems.append(
+                f"WARNING fragile topology: losing {', '.join(self.topology.fragile_orgs)} "
+                "would halt the network"
+            )
         detail = "; ".join(problems) if problems else "ok"
         return NodeStatus(
             node_id=self.cfg.node_id,
