@@ -124,6 +124,8 @@ class BftParams:
     """A request not ordered by then makes its holder complain (censorship)."""
     view_change_timeout_ms: int = 4_000
     """A view change not completed by then moves on to the next view."""
+    decisions_per_leader: int = 10
+    """Leadership rotates to the next validator every this many heights (0: never)."""
     status_interval_ms: int = 1_000
     sync_retry_ms: int = 1_000
     max_pool_txs: int = 50_000
@@ -251,12 +253,21 @@ class Bft:
         return self.tip.header.height
 
     def leader_of(self, view: int) -> str:
-        """The validator that leads ``view``."""
+        """The validator that leads the view change into ``view`` (collects its ViewData
+        and sends its NewView)."""
         return self.validators[view % len(self.validators)]
 
+    def proposer_of(self, view: int, height: int) -> str:
+        """The validator that proposes block ``height`` in ``view``: leadership rotates
+        every ``decisions_per_leader`` heights (0: no rotation), so no single leader
+        orders for long, even when nothing forces a view change."""
+        per_leader = self.params.decisions_per_leader
+        turn = height // per_leader if per_leader > 0 else 0
+        return self.validators[(view + turn) % len(self.validators)]
+
     def leader(self) -> str:
-        """The leader of the current (or pending) view."""
-        return self.leader_of(self.view)
+        """The validator proposing the next block in the current view."""
+        return self.proposer_of(self.view, self.height + 1)
 
     def is_leader(self) -> bool:
         """Whether this validator leads the current view (and it is active)."""
@@ -661,8 +672,9 @@ class Bft:
             return []
         self._last_heartbeat_ms = now_ms  # messages may have been lost: say it again
         actions: list[BftAction] = [Broadcast(ViewChange(next_view=self.view))]
-        if self._view_data_sent is not None and self.leader() != self.node_id:
-            actions.append(Send(self.leader(), self._view_data_sent))
+        collector = self.leader_of(self.view)
+        if self._view_data_sent is not None and collector != self.node_id:
+            actions.append(Send(collector, self._view_data_sent))
         return actions + self._rebroadcast_waiting(now_ms)
 
     def _active_lower_view(self, now_ms: int) -> int | None:
@@ -723,9 +735,9 @@ class Bft:
         raw = encode(view_data)
         signed = SignedViewData(signer=self.node_id, view_data=raw, signature=self._sign(raw))
         self._view_data_sent = signed
-        if self.leader() == self.node_id:
+        if self.leader_of(self.view) == self.node_id:
             return self._on_view_data(self.node_id, signed, now_ms)
-        return [Send(self.leader(), signed)]
+        return [Send(self.leader_of(self.view), signed)]
 
     def _on_view_data(self, sender: str, signed: SignedViewData, now_ms: int) -> list[BftAction]:
         view_data = self._check_view_data(signed) if signed.signer == sender else None

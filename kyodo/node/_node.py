@@ -411,7 +411,7 @@ class Node:
         try:
             await self._in_ledger(self._verify_block, action.block)
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
-            self._note_rejected(action.block, self.consensus.leader_of(action.view), exc)
+            self._note_rejected(action.block, action.block.header.proposer, exc)
             ok = False
         except Exception as exc:  # anything but a verification verdict is a bug
             self._halt("block_verify_failed", exc)

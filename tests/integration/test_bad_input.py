@@ -176,7 +176,7 @@ def test_tampered_block_sent_to_a_validator_is_rejected_and_not_stored(network, 
     block is appended only if it verifies and re-executes to its roots: even q real
     commit signatures (a compromised quorum) do not make a wrong state root acceptable."""
     before = wait_converged(network)
-    leader = network.nodes[before.view % len(network.nodes)].node_id
+    leader = next(n.node_id for n in network.nodes if node_status(network, n).role == "leader")
     others = [n for n in network.nodes if n.node_id != leader]
     target = others[-1]
     rejected_before = metric(target, "kyodo_blocks_rejected_total", reason=reason)

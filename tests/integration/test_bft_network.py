@@ -7,17 +7,25 @@ in the ledger.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
 from kyodo.cli._network import LocalNetwork
+from kyodo.codec import decode_record
+from kyodo.ledger import Block
 from tests.integration.conftest import node_status, wait_converged, wait_until
 from tests.integration.test_network import open_accounts, transfer_load
 
 
 def leader_of(network: LocalNetwork) -> str:
-    status = wait_converged(network)
-    return network.nodes[status.view % len(network.nodes)].node_id
+    """The node proposing the next block (leadership rotates every few heights)."""
+    wait_converged(network)
+    for node in network.nodes:
+        status = node_status(network, node)
+        if status is not None and status.role == "leader":
+            return node.node_id
+    raise AssertionError("no node reports itself leader")
 
 
 def load_in_background(
@@ -46,40 +54,34 @@ def assert_all_final_everywhere(network: LocalNetwork, final_ids: list[str]) -> 
 
 
 def test_leader_killed_under_load_is_replaced_and_no_final_transaction_is_lost(network):
-    leader = leader_of(network)
-    survivors = [n.org_id for n in network.nodes if n.node_id != leader]
+    """SIGKILL the validator proposing now. Leadership rotates, so its turn comes again
+    within 4 x decisions_per_leader heights: from then on only a view change lets the
+    chain go on. The stall shows as the largest gap between consecutive blocks."""
+    victim = leader_of(network)
+    survivors = [n.org_id for n in network.nodes if n.node_id != victim]
     worker, out = load_in_background(network, survivors, "leader-kill", per_client=40)
-    wait_until(
-        lambda: node_status(network, network.node(survivors[0])).height > 8,
-        timeout_s=30,
-        what="load running",
-    )
-    killed_at = time.monotonic()
-    before = node_status(network, network.node(survivors[0])).height
-    assert network.stop(network.node(leader), kill=True)
-    after = wait_until(
-        lambda: (
-            (s := node_status(network, network.node(survivors[0]))) is not None
-            and s.height > before + 1
-            and s
-        ),
-        timeout_s=30,
-        what="a block after the leader died",
-    )
-    recovery_s = time.monotonic() - killed_at
+    first = network.node(survivors[0])
+    wait_until(lambda: node_status(network, first).height > 3, timeout_s=30, what="load")
+    killed_ms = time.time_ns() // 1_000_000
+    assert network.stop(network.node(victim), kill=True)
     worker.join(timeout=300)
     final_ids, errors = out["result"]  # type: ignore[misc]
-    assert errors == [] and len(final_ids) == 40 * len(
-        [p for p in survivors for _ in range(2)]
-    )  # two clients per surviving org
-    assert after.view > 0 and leader_of_view(network, after.view) != leader
-    network.start(network.node(leader))
+    assert errors == [] and len(final_ids) == 40 * 2 * len(survivors)
+    with network.gateway(survivors[0]) as gw:  # go on until the dead node's turn came
+        contract = gw.contract("asset_transfer")
+        for n in range(60):
+            if node_status(network, first).view > 0:
+                break
+            contract.submit("create_account", f"push-{n}")
+        assert node_status(network, first).view > 0, "the dead leader was never replaced"
+        tip = decode_record(Block, gw.block(-1)).header.height
+        headers = [decode_record(Block, gw.block(h)).header for h in range(1, tip + 1)]
+    after = [h for h in headers if h.timestamp_ms >= killed_ms]
+    assert all(h.proposer != victim for h in after)
+    stall_ms = max(b.timestamp_ms - a.timestamp_ms for a, b in itertools.pairwise(after))
+    network.start(network.node(victim))
     assert_all_final_everywhere(network, final_ids)
-    print(f"leader {leader} killed: next block after {recovery_s:.2f} s")
-
-
-def leader_of_view(network: LocalNetwork, view: int) -> str:
-    return network.nodes[view % len(network.nodes)].node_id
+    print(f"leader {victim} killed: longest gap between blocks {stall_ms} ms")
 
 
 def test_a_whole_organization_stops_and_the_other_three_go_on(network):
