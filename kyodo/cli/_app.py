@@ -88,6 +88,7 @@ def _status_of(net: LocalNetwork, node: NodeEntry) -> dict[str, Any]:
         row["detail"] = f"not answering: {exc}"
         return row
     row.update(
+        view=status.view,
         role=status.role,
         height=status.height,
         tip_hash=status.tip_hash.hex(),
@@ -157,7 +158,7 @@ def network_up(
                 progress.advance(task)
             _wait_ready(net, net.nodes, timeout, progress)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     _banner(net, time.monotonic() - started)
 
 
@@ -195,7 +196,7 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
         Panel.fit(
             table,
             title=f"Kyodo network {net.chain_id} is up "
-            f"({len(net.nodes)} orgs, ready in {elapsed:.1f} s)",
+            f"({len(net.orgs)} orgs, {len(net.nodes)} validators, ready in {elapsed:.1f} s)",
             subtitle=str(net.folder),
         )
     )
@@ -211,7 +212,7 @@ def network_down(
     try:
         net = LocalNetwork(folder)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     for node in net.nodes:
         stopped = net.stop(node)
         console.print(f"{node.node_id}: {'stopped' if stopped else 'was not running'}")
@@ -226,20 +227,26 @@ def network_status(folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False)
     try:
         net = LocalNetwork(folder)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     rows = [_status_of(net, node) for node in net.nodes]
     if as_json:
         print(json.dumps({"chain_id": net.chain_id, "nodes": rows}, indent=2))
         return
     table = Table(title=f"network {net.chain_id}")
-    for column in ("node", "org", "role", "pid", "height", "tip hash", "state root", "health"):
+    columns = ("node", "org", "role", "view", "pid", "height", "tip hash", "state root", "health")
+    for column in columns:
         table.add_column(column)
     for r in rows:
-        health = "[green]healthy[/]" if r["healthy"] else f"[red]{r['detail']}[/]"
+        detail = escape(r["detail"] or "")
+        if r["healthy"]:
+            health = "[green]healthy[/]" + ("" if detail == "ok" else f" [yellow]{detail}[/]")
+        else:
+            health = f"[red]{detail}[/]"
         table.add_row(
             r["node_id"],
             r["org"],
             r["role"] or "-",
+            str(r.get("view", "-") if r.get("view") is not None else "-"),
             str(r["pid"] or "-"),
             str(r["height"] if r["height"] is not None else "-"),
             (r["tip_hash"] or "-")[:16],
@@ -260,7 +267,7 @@ def node_stop(
         net = LocalNetwork(folder)
         entry = net.node(node)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     console.print(
         f"{entry.node_id}: {'stopped' if net.stop(entry, kill=kill) else 'was not running'}"
     )
@@ -277,7 +284,7 @@ def node_start(
         net = LocalNetwork(folder)
         entry = net.node(node)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     pid = net.start(entry)
     with _progress() as progress:
         _wait_ready(net, [entry], timeout, progress)
@@ -446,14 +453,14 @@ def verify(node: str, folder: DirOption = DEFAULT_DIR, as_json: JsonOption = Fal
         net = LocalNetwork(folder)
         entry = net.node(node)
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     cfg = NodeConfig.load(entry.home)
     started = time.monotonic()
     try:
         genesis = load_genesis(cfg.resolve(entry.home, cfg.genesis))
         store = LedgerStore(cfg.resolve(entry.home, cfg.data_dir), read_only=True)
     except LedgerError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [store]")
     try:
         with _progress() as progress:
             task = progress.add_task(f"verifying {entry.node_id}", total=None)
@@ -513,7 +520,7 @@ def bench(
                 progress=lambda m: progress.update(task, description=m),
             )
     except KyodoError as exc:
-        _fail(str(exc))
+        _fail(f"{exc} [{exc.code}]")
     if as_json:
         print(json.dumps(result.to_dict()))
         return

@@ -8,8 +8,11 @@ fetch missing blocks). Time comes in as ``now_ms``; the machine does no I/O,
 reads no clock and draws no randomness, so the simulator can drive the same
 code deterministically.
 
-The single-leader implementation of this issue and the BFT protocol that
-replaces it implement the same :class:`Consensus` protocol.
+:class:`Consensus` is the shape of the single-leader core
+(``_single_leader.py``, kept for reference and unused by the node). The BFT
+core (``_bft.py``), which the node runs, follows the same event-in/actions-out
+pattern with additional events and actions (``BftAction``: building and
+verifying proposals without appending, certified appends, the write-ahead log).
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ class NewView:
 @record(67)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
-    """The leader of ``view`` is alive; its tip is ``height``."""
+    """The sender is active in ``view`` with tip ``height`` (every active validator
+    sends it: followers watch the leader's; a lone complainer sees where others are)."""
 
     view: int
     height: int

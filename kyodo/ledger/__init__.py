@@ -22,7 +22,12 @@ from kyodo.ledger._store import (
     encode_state_record,
     split_state_key,
 )
-from kyodo.ledger._topology import FragileTopologyError, TopologyReport, check_topology
+from kyodo.ledger._topology import (
+    FragileTopologyError,
+    TopologyReport,
+    check_topology,
+    consequence,
+)
 from kyodo.ledger._types import (
     GENESIS_HEIGHT,
     Block,
@@ -108,6 +113,7 @@ __all__ = [
     "compute_root",
     "compute_tx_id",
     "compute_txs_root",
+    "consequence",
     "encode_state_key",
     "encode_state_record",
     "get_value_hash",

@@ -10,7 +10,8 @@ data. Appending a block writes, in **one atomic batch synced to disk**:
 * ``state``    state key -> canonical ``[value, height, tx_index]`` (the flat state)
 * ``tree``     node hash -> node encoding (content-addressed state tree nodes)
 * ``history``  state key + 0x00 + height (8) + tx_index (4) -> ``[tx_id, value or None]``
-* ``meta``     tip height, tip hash, state root, genesis hash
+* ``meta``     tip height, tip hash, state root, genesis hash, and the consensus
+  write-ahead record (``consensus_wal``, replaced on its own, synced)
 
 so a node killed at any instant reopens either before or after a whole block,
 never in between, and its flat state always matches its tip's state root.
@@ -20,8 +21,11 @@ A *state key* is ``namespace + 0x00 + key`` (UTF-8; neither part may contain
 hash is the SHA-256 of its flat-state record, so each key's version is
 authenticated with its value.
 
-The store is not thread-safe by design: the node gives it one owner thread
-(DESIGN.md section 4: storage never runs on the asyncio loop).
+The node gives the store one owner thread for blocks and state (DESIGN.md
+section 4: storage never runs on the asyncio loop); the consensus write-ahead
+record is written from a second thread (the ``wal`` thread) so a vote never
+waits behind a block's execution. RocksDB serializes the two writers; they
+touch different keys. Reads may come from any thread.
 """
 
 from __future__ import annotations

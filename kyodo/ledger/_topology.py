@@ -14,9 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from kyodo.ledger._types import NetworkConfig
+from kyodo.ledger._verify import quorum_size
 from kyodo.ledger.errors import LedgerError
 
-__all__ = ["FragileTopologyError", "TopologyReport", "check_topology"]
+__all__ = ["FragileTopologyError", "TopologyReport", "check_topology", "consequence"]
 
 
 class FragileTopologyError(LedgerError):
@@ -65,12 +66,22 @@ def check_topology(config: NetworkConfig, *, allow_fragile: bool = False) -> Top
         org = fragile[0]
         raise FragileTopologyError(
             f"organization {org} runs {votes[org]} of {n} validators, but the network "
-            f"tolerates only {tolerated} failed validator(s): losing {org} would halt the "
-            f"network. Surviving the loss of any one organization needs at least 4 "
-            f"validator-operating organizations with at most f validators each "
-            f"(use --allow-fragile-topology to accept this risk knowingly)",
+            f"tolerates only {tolerated} faulty validator(s): "
+            f"{consequence(org, votes[org], n)}. Surviving the loss of any one "
+            "organization needs at least 4 validator-operating organizations with at most "
+            "f validators each (use --allow-fragile-topology to accept this risk knowingly)",
             org_id=org,
             votes=votes[org],
             tolerated=tolerated,
         )
     return report
+
+
+def consequence(org: str, votes: int, validators: int) -> str:
+    """What losing ``org`` (running ``votes`` of ``validators``) does to the network."""
+    if validators - votes < quorum_size(validators):
+        return f"losing {org} would halt the network"
+    return (
+        f"losing {org} would leave the network ordering without any tolerance for a "
+        "further fault or a misbehaving validator"
+    )

@@ -162,7 +162,7 @@ class ConsensusParams:
     """A transaction created longer ago than this (or this far in the future) is refused."""
 
 
-@record(33)
+@record(33, version=2)  # 2: allow_fragile_topology
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
     """The network's configuration, carried by the genesis block."""

@@ -15,6 +15,10 @@ class NodeMetrics:
         r = self.registry
         self.height = Gauge("kyodo_block_height", "Height of the last appended block", registry=r)
         self.peers = Gauge("kyodo_peers_connected", "Peers with an open stream", registry=r)
+        self.view = Gauge("kyodo_consensus_view", "Current consensus view", registry=r)
+        self.view_changes = Counter(
+            "kyodo_view_changes", "View changes this node started or joined", registry=r
+        )
         self.fragile_topology = Gauge(
             "kyodo_fragile_topology",
             "1 if one organization holds more than f validator votes (accepted at genesis)",

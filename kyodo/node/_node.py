@@ -84,6 +84,7 @@ from kyodo.ledger import (
     check_topology,
     compute_results_root,
     compute_txs_root,
+    consequence,
     load_genesis,
     prepare_state,
     quorum_size,
@@ -140,6 +141,13 @@ class Node:
         self.topology = check_topology(
             self.config, allow_fragile=self.config.allow_fragile_topology
         )
+        votes = {
+            o: sum(1 for v in self.config.validators() if v.org_id == o)
+            for o in self.topology.fragile_orgs
+        }
+        self._topology_warning = "; ".join(
+            consequence(o, count, self.topology.validators) for o, count in votes.items()
+        )
         me = self.config.node(self.cfg.node_id)
         if me is None:
             raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
@@ -164,6 +172,7 @@ class Node:
         self._validators = tuple(n.node_id for n in self.config.validators())
         self._wal_thread = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._prepared: dict[bytes, PreparedState] = {}
+        self._view_seen: tuple[int, bool] = (0, False)
         """State changes of proposals verified on the current tip, by block hash (ledger
         thread); the certified one is appended without executing it again."""
         self.p2p: PeerNetwork
@@ -364,6 +373,7 @@ class Node:
     def _apply(self, actions: list[BftAction]) -> None:
         """Carry out the core's actions in order. ``PersistWal`` holds back the actions
         after it until the record is durable: no vote leaves before its log entry."""
+        self._observe_view()
         for index, action in enumerate(actions):
             if isinstance(action, PersistWal):
                 self._spawn(self._persist_then(action.state, actions[index + 1 :]))
@@ -385,6 +395,31 @@ class Node:
                 self.p2p.send(action.peer, encode(request))
             else:
                 raise AssertionError(f"unknown action {action!r}")
+
+    def _observe_view(self) -> None:
+        """Log and count view changes as the core makes them (operators see them)."""
+        now = (self.consensus.view, self.consensus.in_view_change)
+        if now == self._view_seen:
+            return
+        view, changing = now
+        if changing:
+            log.warning(
+                "view_change_started",
+                node=self.cfg.node_id,
+                to_view=view,
+                height=self.consensus.height,
+            )
+            self.metrics.view_changes.inc()
+        else:
+            log.info(
+                "view_entered",
+                node=self.cfg.node_id,
+                view=view,
+                leader=self.consensus.leader(),
+                height=self.consensus.height,
+            )
+        self.metrics.view.set(view)
+        self._view_seen = now
 
     async def _persist_then(self, state: WalState, rest: list[BftAction]) -> None:
         try:
@@ -560,9 +595,9 @@ class Node:
                 f"does not follow the tip {parent.height}", height=header.height, reason="height"
             )
         verify_link(header, parent)
-        if header.proposer not in self._signer_keys or block.config is not None:
+        if header.proposer not in self._validators or block.config is not None:
             raise BlockVerificationError(
-                f"proposer {header.proposer!r} is not a validator",
+                f"proposer {header.proposer!r} is not a validator of this network",
                 height=header.height,
                 reason="proposer",
             )
@@ -832,10 +867,7 @@ class Node:
             problems.append(f"last error: {self._last_error}")
         healthy = self._ready and not problems
         if self.topology.fragile:  # accepted at genesis, but never silently
-            problems.append(
-                f"WARNING fragile topology: losing {', '.join(self.topology.fragile_orgs)} "
-                "would halt the network"
-            )
+            problems.append(f"WARNING fragile topology: {self._topology_warning}")
         detail = "; ".join(problems) if problems else "ok"
         return NodeStatus(
             node_id=self.cfg.node_id,

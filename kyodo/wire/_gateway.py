@@ -116,7 +116,7 @@ class TxResponse:
     message: str
 
 
-@record(58)
+@record(58, version=2)  # 2: view
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeStatus:
     """A node's view of itself."""

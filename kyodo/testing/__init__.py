@@ -1,0 +1,50 @@
+"""Deterministic simulation of a Kyodo network (STYLE.md section 12).
+
+The production consensus core runs in N simulated nodes over a simulated
+network, driven by one seed: ``run_simulation(seed, options)`` either
+returns a :class:`SimResult` or raises :class:`InvariantViolation` naming the
+seed that replays the failure. See :mod:`kyodo.testing._sim` for the theory
+of operation.
+"""
+
+from kyodo.testing._batch import SeedFailure, run_seeds
+from kyodo.testing._fake import SIM_CHAIN_ID, compute_sim_mac, compute_sim_state_root
+from kyodo.testing._faults import Crash, Fault, FaultPlan, HealPartition, Partition, Restart
+from kyodo.testing._invariants import InvariantViolation
+from kyodo.testing._network import NetworkProfile
+from kyodo.testing._shell import ShellTiming, SimNode, TxFinal
+from kyodo.testing._sim import (
+    DEFAULT_PARAMS,
+    REPLAY_HINT,
+    AppendRecord,
+    SimOptions,
+    SimResult,
+    Simulation,
+    run_simulation,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "REPLAY_HINT",
+    "SIM_CHAIN_ID",
+    "AppendRecord",
+    "Crash",
+    "Fault",
+    "FaultPlan",
+    "HealPartition",
+    "InvariantViolation",
+    "NetworkProfile",
+    "Partition",
+    "Restart",
+    "SeedFailure",
+    "ShellTiming",
+    "SimNode",
+    "SimOptions",
+    "SimResult",
+    "Simulation",
+    "TxFinal",
+    "compute_sim_mac",
+    "compute_sim_state_root",
+    "run_seeds",
+    "run_simulation",
+]
