@@ -436,6 +436,7 @@ class Bft:
     def on_block_appended(self, block: Block, now_ms: int) -> list[BftAction]:
         """A certified block was appended: move to the next height."""
         assert block.header.height == self.height + 1, "blocks are appended in order"
+        proposer_before = self.leader()
         self.tip = block
         self.round = _Round()
         self._syncing_block = False
@@ -452,6 +453,8 @@ class Bft:
         actions += self._next_buffered()
         if self.is_leader():
             actions += self._maybe_propose(now_ms)
+        elif not self.in_view_change and self.leader() != proposer_before:
+            actions += self._reforward(now_ms)  # leadership rotated: hand requests over
         return actions + self._maybe_sync(now_ms)
 
     def on_block_rejected(self, block: Block, sender: str, now_ms: int) -> list[BftAction]:
