@@ -65,16 +65,31 @@ class NodeEntry:
     metrics_port: int
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
+def _allocate_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1, below Linux's ephemeral range.
+
+    Ports the OS hands out for outbound connections (32768-60999) could be taken by a
+    node's own outgoing connection before a later node binds them, so listen ports are
+    chosen from 20000-32000, starting at a random offset so several networks coexist.
+    Every candidate is bound (and held) until all are chosen.
+    """
+    held: list[socket.socket] = []
+    start = 20000 + secrets.randbelow(10000)
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
+        port = start
+        while len(held) < count and port < 32000:
+            candidate = socket.socket()
+            try:
+                candidate.bind(("127.0.0.1", port))
+                held.append(candidate)
+            except OSError:
+                candidate.close()
+            port += 1
+        if len(held) < count:
+            raise KyodoError(f"could not find {count} free ports on 127.0.0.1", code="ports")
+        return [s.getsockname()[1] for s in held]
     finally:
-        for s in sockets:
+        for s in held:
             s.close()
 
 
@@ -133,6 +148,7 @@ def create_network(
     if not 1 <= validators_per_org <= 8:
         raise KyodoError("--validators-per-org must be between 1 and 8", code="usage")
     _check_planned_topology(orgs, validators_per_org, allow_fragile_topology)
+    ports = iter(_allocate_ports(3 * orgs * validators_per_org))
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     chain_id = f"kyodo-local-{secrets.token_hex(4)}"
@@ -170,7 +186,7 @@ def create_network(
             signing_pem, tls_pem = _issue_member(
                 ca, home, name=node_id, role=Role.NODE, passphrase=passphrase, salt=salt, now=now
             )
-            p2p, gateway, metrics = _free_ports(3)
+            p2p, gateway, metrics = next(ports), next(ports), next(ports)
             NodeConfig(
                 node_id=node_id,
                 org_id=org_id,

@@ -921,8 +921,15 @@ def _relative_source(source: str, home: Path) -> str:
 def run_node(home: Path) -> None:
     """Run the node whose home folder is ``home`` until it is told to stop."""
     _configure_logging()
-    node = Node(home)
-    asyncio.run(node.run())
+    try:
+        node = Node(home)
+        asyncio.run(node.run())
+    except OSError as exc:  # a port in use, a missing file: say it plainly and stop
+        log.critical("node_failed_to_start", error=type(exc).__name__, detail=str(exc))
+        raise SystemExit(2) from None
+    except LedgerError as exc:
+        log.critical("node_failed_to_start", error=type(exc).__name__, detail=str(exc))
+        raise SystemExit(2) from None
     if node.exit_code:
         raise SystemExit(node.exit_code)
 
