@@ -1,6 +1,7 @@
 """The distributed ledger: blocks, world state, state tree, history, verification."""
 
 from kyodo.ledger._chain_verify import verify_store
+from kyodo.ledger._epochs import ConfigView, Epochs
 from kyodo.ledger._genesis import load_genesis, make_genesis_block, save_genesis
 from kyodo.ledger._state_tree import (
     EMPTY,
@@ -79,7 +80,9 @@ __all__ = [
     "BlockVerificationError",
     "CheckedTx",
     "CommitSignature",
+    "ConfigView",
     "ConsensusParams",
+    "Epochs",
     "Event",
     "FragileTopologyError",
     "Height",

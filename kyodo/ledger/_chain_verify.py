@@ -14,22 +14,20 @@ leaves of that tree. The first failure raises with the height concerned.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from kyodo.crypto import sha256
-from kyodo.identity import IdentityError, Membership
+from kyodo.ledger._epochs import ConfigView, Epochs
 from kyodo.ledger._state_tree import iter_nodes
 from kyodo.ledger._store import LedgerStore
 from kyodo.ledger._types import Block
 from kyodo.ledger._verify import (
     check_envelope,
-    quorum_size,
     verify_block_contents,
-    verify_certificate,
     verify_link,
 )
 from kyodo.ledger.errors import (
     BlockVerificationError,
+    LedgerError,
     StateCorruptionError,
     StoredDataError,
     TransactionRejectedError,
@@ -43,33 +41,31 @@ Progress = Callable[[int, int], None]
 def verify_store(store: LedgerStore, genesis: Block, *, progress: Progress | None = None) -> int:
     """Verify ``store`` against ``genesis``; return the verified tip height.
 
-    Raises StoredDataError or BlockVerificationError naming the first bad height.
+    The validator set of each height is followed from genesis through every
+    configuration block. Raises StoredDataError or BlockVerificationError naming the
+    first bad height.
     """
-    config = genesis.config
-    assert config is not None
+    assert genesis.config is not None
     tip = store.height()
     if tip is None:
         raise StoredDataError("the store is empty", height=0)
     stored_genesis = store.get_block(0)
     if stored_genesis is None or stored_genesis.block_hash() != genesis.block_hash():
         raise StoredDataError("genesis block differs from the network's", height=0)
-    membership = Membership({o.org_id: o.ca_cert_pem for o in config.orgs})
-    created = datetime.fromtimestamp(config.created_ms / 1000, UTC)
     try:
-        keys = {
-            n.node_id: membership.validate(n.signing_cert, now=created).public_key
-            for n in config.nodes
-        }
-    except IdentityError as exc:
-        raise StoredDataError(
-            f"node certificate in genesis does not verify: {exc}", height=0
-        ) from exc
+        view = ConfigView.of(genesis.config)
+    except LedgerError as exc:
+        raise StoredDataError(str(exc), height=0) from exc
+    epochs = Epochs([(0, genesis.config)])
     parent = stored_genesis
     for height in range(1, tip + 1):
         block = store.get_block(height)
         if block is None:
             raise StoredDataError("block is missing", height=height)
-        _verify_block(store, block, parent, config=config, keys=keys, membership=membership)
+        _verify_block(store, block, parent, view=view)
+        if block.config is not None:
+            view = _next_epoch(block, view)
+            epochs.add(height + 1, block.config)
         parent = block
         if progress is not None:
             progress(height, tip)
@@ -79,32 +75,45 @@ def verify_store(store: LedgerStore, genesis: Block, *, progress: Progress | Non
         raise StoredDataError(
             "recorded state root differs from the tip's certified root", height=tip
         )
+    stored = [config for _, config in store.get_configs()]
+    if stored != epochs.all():
+        raise StoredDataError("recorded configurations differ from the chain's", height=tip)
     _verify_state(store, tip)
     return tip
 
 
-def _verify_block(
-    store: LedgerStore,
-    block: Block,
-    parent: Block,
-    *,
-    config: object,
-    keys: dict[str, bytes],
-    membership: Membership,
-) -> None:
-    from kyodo.ledger._types import NetworkConfig
+def _next_epoch(block: Block, view: ConfigView) -> ConfigView:
+    config = block.config
+    assert config is not None
+    if config.epoch != view.config.epoch + 1 or config.chain_id != view.config.chain_id:
+        raise BlockVerificationError(
+            f"configuration epoch {config.epoch} does not follow {view.config.epoch}",
+            height=block.header.height,
+            reason="config",
+        )
+    try:
+        return ConfigView.of(config)
+    except LedgerError as exc:
+        raise BlockVerificationError(str(exc), height=block.header.height, reason="config") from exc
 
-    assert isinstance(config, NetworkConfig)
+
+def _verify_block(store: LedgerStore, block: Block, parent: Block, *, view: ConfigView) -> None:
+    config = view.config
     header = block.header
     verify_link(header, parent.header)
     verify_block_contents(block)
-    quorum = quorum_size(len(config.validators()))
-    verify_certificate(header, block.certificate, config=config, signer_keys=keys, quorum=quorum)
+    if header.epoch != config.epoch:
+        raise BlockVerificationError(
+            f"block says epoch {header.epoch}, but epoch {config.epoch} is in force",
+            height=header.height,
+            reason="epoch",
+        )
+    view.check_certificate(block)
     for index, envelope in enumerate(block.txs):
         try:
             check_envelope(
                 envelope,
-                membership=membership,
+                membership=view.membership,
                 chain_id=config.chain_id,
                 now_ms=header.timestamp_ms,
                 max_age_ms=config.consensus.tx_max_age_ms,

@@ -10,6 +10,8 @@ data. Appending a block writes, in **one atomic batch synced to disk**:
 * ``state``    state key -> canonical ``[value, height, tx_index]`` (the flat state)
 * ``tree``     node hash -> node encoding (content-addressed state tree nodes)
 * ``history``  state key + 0x00 + height (8) + tx_index (4) -> ``[tx_id, value or None]``
+* ``configs``  epoch (8) -> canonical ``[first_height, NetworkConfig]``: the configuration
+  in force from ``first_height`` on, written with the block that carries it
 * ``meta``     tip height, tip hash, state root, genesis hash, and the consensus
   write-ahead record (``consensus_wal``, replaced on its own, synced)
 
@@ -41,7 +43,7 @@ from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, Write
 from kyodo.codec import DecodeError, decode_record, decode_value, encode, encode_value
 from kyodo.crypto import ZERO_HASH, sha256
 from kyodo.ledger._state_tree import TreeUpdate
-from kyodo.ledger._types import Block, BlockHeader, Height, TxId
+from kyodo.ledger._types import Block, BlockHeader, Height, NetworkConfig, TxId
 from kyodo.ledger.errors import LedgerError, StoredDataError
 
 __all__ = [
@@ -52,7 +54,7 @@ __all__ = [
     "split_state_key",
 ]
 
-_CFS = ("blocks", "txindex", "state", "tree", "history", "meta")
+_CFS = ("blocks", "txindex", "state", "tree", "history", "meta", "configs")
 _TIP_HEIGHT = b"tip_height"
 _TIP_HASH = b"tip_hash"
 _STATE_ROOT = b"state_root"
@@ -283,7 +285,28 @@ class LedgerStore:
         batch.put(_STATE_ROOT, tree_update.root, h["meta"])
         if header.height == 0:
             batch.put(_GENESIS_HASH, block_hash, h["meta"])
+        if block.config is not None:  # in force from the next height (genesis: from 0)
+            first = 0 if header.height == 0 else header.height + 1
+            record = encode_value([first, encode(block.config)])
+            batch.put(_HEIGHT.pack(block.config.epoch), record, h["configs"])
         self._db.write(batch, self._sync)
+
+    # -- configurations --------------------------------------------------------------------
+
+    def get_configs(self) -> list[tuple[int, NetworkConfig]]:
+        """Every configuration with the height it is in force from, oldest first."""
+        out: list[tuple[int, NetworkConfig]] = []
+        it = self._cf["configs"].iter(ReadOptions())
+        it.seek_to_first()
+        while it.valid():
+            try:
+                first, raw = decode_value(it.value())
+                config = decode_record(NetworkConfig, raw)
+            except (DecodeError, ValueError, TypeError) as exc:
+                raise StoredDataError(f"stored configuration does not decode: {exc}") from exc
+            out.append((first, config))
+            it.next()
+        return out
 
     # -- consensus write-ahead log --------------------------------------------------------
 

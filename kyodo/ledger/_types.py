@@ -162,10 +162,11 @@ class ConsensusParams:
     """A transaction created longer ago than this (or this far in the future) is refused."""
 
 
-@record(33, version=2)  # 2: allow_fragile_topology
+@record(33, version=3)  # 2: allow_fragile_topology; 3: epoch
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
-    """The network's configuration, carried by the genesis block."""
+    """The network's configuration: carried by the genesis block (epoch 0) and by each
+    configuration block (epoch + 1, in force from the next height on)."""
 
     chain_id: str
     orgs: tuple[OrgInfo, ...]
@@ -175,6 +176,8 @@ class NetworkConfig:
     allow_fragile_topology: bool
     """The operators accepted that one organization holds more than f validator votes
     (shown as a warning in every node's status and metrics)."""
+    epoch: int = 0
+    """Version of the configuration: 0 at genesis, +1 with every change."""
 
     def node(self, node_id: str) -> NodeInfo | None:
         """The node with this id, or None."""

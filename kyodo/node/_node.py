@@ -73,6 +73,8 @@ from kyodo.ledger import (
     BlockHeader,
     BlockVerificationError,
     CheckedTx,
+    ConfigView,
+    Epochs,
     Height,
     LedgerError,
     LedgerStore,
@@ -87,10 +89,8 @@ from kyodo.ledger import (
     consequence,
     load_genesis,
     prepare_state,
-    quorum_size,
     recheck_envelope,
     verify_block_contents,
-    verify_certificate,
     verify_link,
 )
 from kyodo.node._config import NodeConfig
@@ -135,41 +135,20 @@ class Node:
         self._tls_cert_pem = self.cfg.resolve(home, self.cfg.tls_cert).read_bytes()
         self.genesis = load_genesis(self.cfg.resolve(home, self.cfg.genesis))
         assert self.genesis.config is not None
-        self.config: NetworkConfig = self.genesis.config
-        self.chain_id = self.config.chain_id
-        self.membership = Membership({o.org_id: o.ca_cert_pem for o in self.config.orgs})
-        self.topology = check_topology(
-            self.config, allow_fragile=self.config.allow_fragile_topology
-        )
-        votes = {
-            o: sum(1 for v in self.config.validators() if v.org_id == o)
-            for o in self.topology.fragile_orgs
-        }
-        self._topology_warning = "; ".join(
-            consequence(o, count, self.topology.validators) for o, count in votes.items()
-        )
-        me = self.config.node(self.cfg.node_id)
-        if me is None:
-            raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
-        self.org_id = me.org_id
-        self._signer_keys = {
-            n.node_id: self.membership.validate(
-                n.signing_cert, now=_utc(self.config.created_ms)
-            ).public_key
-            for n in self.config.nodes
-        }
-        if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
-            raise LedgerError("the signing key does not match this node's certificate")
+        self.chain_id = self.genesis.config.chain_id
+        self._epochs = Epochs([(0, self.genesis.config)])
+        self._views: dict[int, ConfigView] = {}
+        self._current = self._view_of(self.genesis.config)
+        """The newest configuration (replaced when a configuration block is appended)."""
+        self._adopt_config(self.genesis.config)
         self.executor = Executor(BUILTIN_CONTRACTS)
         self.metrics = NodeMetrics()
-        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
         self._tip_header: BlockHeader
         """Header of the last appended block; owned by the ledger thread."""
         self.store: LedgerStore
         self.consensus: Bft
-        self._validators = tuple(n.node_id for n in self.config.validators())
         self._wal_thread = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._prepared: dict[bytes, PreparedState] = {}
         self._view_seen: tuple[int, bool] = (0, False)
@@ -192,6 +171,54 @@ class Node:
         """(height, hash, state root) of the last appended block, kept by the loop."""
         self._last_error = ""
 
+    # -- configuration epochs --------------------------------------------------------
+
+    @property
+    def config(self) -> NetworkConfig:
+        """The newest configuration."""
+        return self._current.config
+
+    @property
+    def membership(self) -> Membership:
+        """Members of the newest configuration's organizations."""
+        return self._current.membership
+
+    @property
+    def _signer_keys(self) -> dict[str, bytes]:
+        return self._current.signer_keys
+
+    @property
+    def _validators(self) -> tuple[str, ...]:
+        return self._current.validators
+
+    def _view_of(self, config: NetworkConfig) -> ConfigView:
+        view = self._views.get(config.epoch)
+        if view is None:
+            view = self._views[config.epoch] = ConfigView.of(config)
+        return view
+
+    def _view_at(self, height: int) -> ConfigView:
+        """The configuration in force at ``height``, with its keys and quorum."""
+        return self._view_of(self._epochs.at(height))
+
+    def _adopt_config(self, config: NetworkConfig) -> None:
+        """Make ``config`` the current one: topology, this node's place in it."""
+        self._current = self._view_of(config)
+        self.topology = check_topology(config, allow_fragile=config.allow_fragile_topology)
+        votes = {
+            o: sum(1 for v in config.validators() if v.org_id == o)
+            for o in self.topology.fragile_orgs
+        }
+        self._topology_warning = "; ".join(
+            consequence(o, count, self.topology.validators) for o, count in votes.items()
+        )
+        me = config.node(self.cfg.node_id)
+        if me is None:
+            raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
+        self.org_id = me.org_id
+        if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
+            raise LedgerError("the signing key does not match this node's certificate")
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -200,6 +227,11 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.store = await self._in_ledger(self._open_store)
+        configs = await self._in_ledger(self.store.get_configs)
+        if configs:  # a restart after configuration changes: the newest is in force
+            self._epochs = Epochs(configs)
+            self._adopt_config(self._epochs.latest())
+        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
         height = self.store.height()
         assert height is not None
         self._tip = (height, self.store.tip_hash(), self.store.state_root())
@@ -362,13 +394,8 @@ class Node:
         return True
 
     def _check_certificate(self, block: Block) -> None:
-        verify_certificate(
-            block.header,
-            block.certificate,
-            config=self.config,
-            signer_keys=self._signer_keys,
-            quorum=quorum_size(len(self._validators)),
-        )
+        """q validators of the configuration in force at the block's height signed it."""
+        self._view_at(block.header.height).check_certificate(block)
 
     def _apply(self, actions: list[BftAction]) -> None:
         """Carry out the core's actions in order. ``PersistWal`` holds back the actions
@@ -574,7 +601,7 @@ class Node:
             state_root=prepared.tree_update.root,
             timestamp_ms=block_time,
             proposer=self.cfg.node_id,
-            epoch=0,
+            epoch=self.config.epoch,
             config_hash=ZERO_HASH,
         )
         block = Block(
@@ -595,7 +622,14 @@ class Node:
                 f"does not follow the tip {parent.height}", height=header.height, reason="height"
             )
         verify_link(header, parent)
-        if header.proposer not in self._validators or block.config is not None:
+        view = self._view_at(header.height)
+        if header.epoch != view.config.epoch:
+            raise BlockVerificationError(
+                f"block says epoch {header.epoch}, epoch {view.config.epoch} is in force",
+                height=header.height,
+                reason="epoch",
+            )
+        if header.proposer not in view.validators or block.config is not None:
             raise BlockVerificationError(
                 f"proposer {header.proposer!r} is not a validator of this network",
                 height=header.height,
