@@ -110,7 +110,9 @@ class Event:
 class Harness:
     """n validators, a seeded network (delay, drop), crash/restart, clients."""
 
-    def __init__(self, n: int, seed: int, *, drop: float = 0.0, max_delay: int = 20) -> None:
+    def __init__(
+        self, n: int, seed: int, *, drop: float = 0.0, max_delay: int = 20, observers: int = 0
+    ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.ids = tuple(f"v{i}" for i in range(n))
@@ -120,7 +122,8 @@ class Harness:
         self.now = 0
         self.queue: list[Event] = []
         self.seq = 0
-        self.nodes = {i: SimNode(i, [genesis()]) for i in self.ids}
+        self.observer_ids = tuple(f"o{i}" for i in range(observers))
+        self.nodes = {i: SimNode(i, [genesis()]) for i in (*self.ids, *self.observer_ids)}
         self.submitted: dict[bytes, TxEnvelope] = {}
         self.expiry: dict[bytes, int] = {}
         """When a request becomes too old to order (the real node: created + max age)."""
@@ -177,7 +180,7 @@ class Harness:
             elif isinstance(action, Send):
                 self.deliver(node.node_id, action.to, action.message)
             elif isinstance(action, Broadcast):
-                for index, other in enumerate(self.ids):
+                for index, other in enumerate((*self.ids, *self.observer_ids)):
                     if other == node.node_id:
                         continue
                     message = action.message
@@ -660,3 +663,18 @@ def test_leadership_rotates_every_few_decisions_without_any_fault():
     for block in chain[1:]:
         expected = h.ids[(block.header.height // PARAMS.decisions_per_leader) % 4]
         assert block.header.proposer == expected
+
+
+def test_an_observer_follows_the_chain_and_its_requests_are_ordered_without_its_vote():
+    h = Harness(4, seed=51, observers=1)
+    observer = h.nodes["o0"]
+    for i in range(20):  # every request enters through the observer's gateway
+        envelope = TxEnvelope(payload=f"via-observer-{i}".encode(), signature=b"")
+        h.submitted[envelope.tx_id()] = envelope
+        h._at(50 + 40 * i, "submit", "o0", envelope)
+    h.run(until=10_000)
+    assert h.final_everywhere([*h.ids, "o0"])
+    assert [b.block_hash() for b in observer.chain] == [b.block_hash() for b in h.nodes["v0"].chain]
+    for node in h.nodes.values():  # no certificate carries the observer's signature
+        assert all(c.signer != "o0" for b in node.chain for c in b.certificate)
+    assert observer.wal is None  # it never voted, so it never logged a vote

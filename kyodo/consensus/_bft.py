@@ -206,9 +206,10 @@ class Bft:
         wal: WalState | None = None,
         now_ms: int = 0,
     ) -> None:
-        assert node_id in validators, "only validators run the BFT core"
-        assert len(set(validators)) == len(validators)
+        assert len(set(validators)) == len(validators) and validators
         self.node_id = node_id
+        self.observer = node_id not in validators
+        """Not a validator (yet, or any more): follows the chain, never votes."""
         self.validators = validators
         self.chain_id = chain_id
         self.params = params
@@ -273,6 +274,11 @@ class Bft:
         """Whether this validator leads the current view (and it is active)."""
         return not self.in_view_change and self.leader() == self.node_id
 
+    def pending_requests(self) -> list[tuple[TxEnvelope, bytes, int | None]]:
+        """(envelope, tx id, expiry) of every pooled request, oldest first: handed to the
+        core of the next configuration epoch."""
+        return [(e.envelope, tx_id, e.expires_ms) for tx_id, e in self._pool.items()]
+
     def pending_count(self) -> int:
         """Requests held in the pool."""
         return len(self._pool)
@@ -316,7 +322,7 @@ class Bft:
         self._pool[tx_id] = _PoolEntry(envelope=envelope, arrived_ms=now_ms, expires_ms=expires_ms)
         if self.is_leader():
             return self._maybe_propose(now_ms)
-        if self.in_view_change:  # whoever leads next must have it: tell everyone
+        if self.in_view_change or self.observer:  # whoever leads next must have it
             self._pool[tx_id].broadcast_ms = now_ms
             return [Broadcast(ForwardTx(envelope=envelope))]
         return [Send(self.leader(), ForwardTx(envelope=envelope))]
@@ -325,7 +331,9 @@ class Bft:
         """Time passed: propose, heartbeat, complain, time out view changes, sync."""
         self._expire(now_ms)
         actions: list[BftAction] = []
-        if self.in_view_change:
+        if self.observer:
+            actions += self._rebroadcast_waiting(now_ms)
+        elif self.in_view_change:
             actions += self._view_change_timers(now_ms)
         else:
             if self.is_leader():
@@ -348,7 +356,18 @@ class Bft:
 
     def on_message(self, sender: str, message: object, now_ms: int) -> list[BftAction]:
         """A message from an authenticated validator."""
-        if sender not in self.validators or sender == self.node_id:
+        if sender == self.node_id:
+            return []
+        if isinstance(message, StatusMessage):  # from any configured node
+            self._peer_heights[sender] = message.height
+            return self._maybe_sync(now_ms)
+        if isinstance(message, SyncResponse):
+            return self._on_sync_response(sender, message, now_ms)
+        if sender not in self.validators:
+            return []
+        if self.observer:  # it follows the chain; votes are not its business
+            if isinstance(message, Heartbeat | Commit | PrePrepare):
+                return self._note_ahead(sender, message.height - 1, now_ms)
             return []
         if (
             self.in_view_change
@@ -374,11 +393,6 @@ class Bft:
             return self._on_view_data(sender, message, now_ms)
         if isinstance(message, NewView):
             return self._on_new_view(sender, message, now_ms)
-        if isinstance(message, StatusMessage):
-            self._peer_heights[sender] = message.height
-            return self._maybe_sync(now_ms)
-        if isinstance(message, SyncResponse):
-            return self._on_sync_response(sender, message, now_ms)
         return []
 
     def _is_early(self, message: PrePrepare | Prepare | Commit) -> bool:
