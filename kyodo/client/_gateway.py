@@ -42,6 +42,7 @@ from kyodo.wire import (
     GATEWAY_SERVICE,
     BlockRequest,
     BlockResponse,
+    ConfigResponse,
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
@@ -230,6 +231,10 @@ class Gateway:
     def status(self) -> NodeStatus:
         """The gateway node's status."""
         return self.call("NodeStatus", StatusRequest(tx_id=b"", wait_ms=0), NodeStatus)
+
+    def config(self) -> ConfigResponse:
+        """The newest network configuration (decode ``.config`` with kyodo.ledger)."""
+        return self.call("GetConfig", StatusRequest(tx_id=b"", wait_ms=0), ConfigResponse)
 
     def block(self, height: int = -1) -> bytes:
         """A block's canonical bytes (-1 for the tip)."""

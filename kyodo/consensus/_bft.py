@@ -274,6 +274,12 @@ class Bft:
         """Whether this validator leads the current view (and it is active)."""
         return not self.in_view_change and self.leader() == self.node_id
 
+    def adopt_transient(self, previous: Bft) -> None:
+        """Keep what the previous epoch's core heard but had not used yet: votes for the
+        next height and what it knows of peers' heights."""
+        self._future = list(previous._future)
+        self._peer_heights = dict(previous._peer_heights)
+
     def pending_requests(self) -> list[tuple[TxEnvelope, bytes, int | None]]:
         """(envelope, tx id, expiry) of every pooled request, oldest first: handed to the
         core of the next configuration epoch."""

@@ -45,6 +45,7 @@ from kyodo.wire import (
     MAX_REQUEST_BYTES,
     BlockRequest,
     BlockResponse,
+    ConfigResponse,
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
@@ -88,6 +89,8 @@ class GatewayBackend(Protocol):
 
     def status(self) -> NodeStatus: ...
 
+    def current_config(self) -> ConfigResponse: ...
+
 
 class GatewayServer:
     """The gRPC server of one node."""
@@ -118,6 +121,7 @@ class GatewayServer:
             "GetBlock": self._unary(self._get_block),
             "GetTransaction": self._unary(self._get_tx),
             "NodeStatus": self._unary(self._node_status),
+            "GetConfig": self._unary(self._get_config),
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(GATEWAY_SERVICE, handlers),)
@@ -276,6 +280,9 @@ class GatewayServer:
 
     async def _node_status(self, request: bytes, caller: str) -> NodeStatus:
         return self._backend.status()
+
+    async def _get_config(self, request: bytes, caller: str) -> ConfigResponse:
+        return self._backend.current_config()
 
 
 def _decode(cls: type[Any], data: bytes) -> Any:

@@ -1,6 +1,13 @@
 """The distributed ledger: blocks, world state, state tree, history, verification."""
 
 from kyodo.ledger._chain_verify import verify_store
+from kyodo.ledger._config_update import (
+    CONFIG_CONTRACT,
+    CONFIG_FUNCTION,
+    approval_message,
+    check_config_update,
+    required_approvals,
+)
 from kyodo.ledger._epochs import ConfigView, Epochs
 from kyodo.ledger._genesis import load_genesis, make_genesis_block, save_genesis
 from kyodo.ledger._state_tree import (
@@ -72,6 +79,8 @@ from kyodo.ledger.errors import (
 )
 
 __all__ = [
+    "CONFIG_CONTRACT",
+    "CONFIG_FUNCTION",
     "EMPTY",
     "GENESIS_HEIGHT",
     "MAX_TX_BYTES",
@@ -108,6 +117,8 @@ __all__ = [
     "TxResult",
     "TxStatus",
     "apply_updates",
+    "approval_message",
+    "check_config_update",
     "check_envelope",
     "check_topology",
     "commit_message",
@@ -126,6 +137,7 @@ __all__ = [
     "prepare_state",
     "quorum_size",
     "recheck_envelope",
+    "required_approvals",
     "save_genesis",
     "split_state_key",
     "verify_block_contents",

@@ -83,6 +83,10 @@ class Epochs:
         """The newest configuration (in force at the tip, or from the next height on)."""
         return self._configs[-1]
 
+    def latest_first_height(self) -> int:
+        """The height the newest configuration is in force from."""
+        return self._firsts[-1]
+
     def add(self, first_height: int, config: NetworkConfig) -> None:
         """Record a configuration in force from ``first_height``."""
         assert config.epoch == self._configs[-1].epoch + 1

@@ -31,6 +31,9 @@ class NodeConfig:
     tls_cert: str = "tls.pem"
     tls_key: str = "tls.key"
     passphrase: str = "file:passphrase"  # noqa: S105 - a source, not a secret
+    org_ca: str = ""
+    """CA certificate of this node's organization, for a node whose organization joins
+    by a configuration change (before that change it is not in the genesis)."""
     max_frame_bytes: int = 32 * 1024 * 1024
     tick_ms: int = 10
     submit_wait_max_ms: int = 60_000

@@ -64,11 +64,14 @@ from kyodo.crypto import (
     Ed25519Signer,
     load_private_key,
     read_passphrase,
+    sha256,
     verify_signature,
 )
 from kyodo.gateway import GatewayServer
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
+    CONFIG_CONTRACT,
+    CONFIG_FUNCTION,
     Block,
     BlockHeader,
     BlockVerificationError,
@@ -82,6 +85,7 @@ from kyodo.ledger import (
     PreparedState,
     TransactionRejectedError,
     TxEnvelope,
+    check_config_update,
     check_envelope,
     check_topology,
     compute_results_root,
@@ -97,6 +101,7 @@ from kyodo.node._config import NodeConfig
 from kyodo.node._metrics import NodeMetrics
 from kyodo.p2p import PeerAddress, PeerNetwork, client_context, server_context
 from kyodo.wire import (
+    ConfigResponse,
     EvaluateResponse,
     NodeStatus,
     TxResponse,
@@ -213,8 +218,10 @@ class Node:
             consequence(o, count, self.topology.validators) for o, count in votes.items()
         )
         me = config.node(self.cfg.node_id)
-        if me is None:
-            raise LedgerError(f"node {self.cfg.node_id} is not in the network configuration")
+        if me is None:  # not configured (yet): follow the chain as an observer
+            self.org_id = self.cfg.org_id
+            log.info("not_in_configuration", node=self.cfg.node_id, epoch=config.epoch)
+            return
         self.org_id = me.org_id
         if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
             raise LedgerError("the signing key does not match this node's certificate")
@@ -285,9 +292,8 @@ class Node:
             verify_link(tip.header, parent.header)
         self._tip_header = tip.header
 
-    async def _start_network(self) -> None:
-        ca_pems = [o.ca_cert_pem for o in self.config.orgs]
-        peers = [
+    def _peer_addresses(self) -> list[PeerAddress]:
+        return [
             PeerAddress(
                 node_id=n.node_id,
                 host=n.host,
@@ -298,6 +304,23 @@ class Node:
             )
             for n in self.config.nodes
         ]
+
+    def _own_org_ca(self) -> bytes:
+        """This node's organization CA: from the configuration, or (a node of an
+        organization that has not joined yet) from the file node.json names."""
+        for org in self.config.orgs:
+            if org.org_id == self.org_id:
+                return org.ca_cert_pem
+        if not self.cfg.org_ca:
+            raise LedgerError(f"organization {self.org_id} is not in the configuration")
+        return self.cfg.resolve(self.home, self.cfg.org_ca).read_bytes()
+
+    async def _start_network(self) -> None:
+        own_ca = self._own_org_ca()
+        ca_pems = [o.ca_cert_pem for o in self.config.orgs]
+        if own_ca not in ca_pems:
+            ca_pems.append(own_ca)
+        peers = self._peer_addresses()
         self.p2p = PeerNetwork(
             node_id=self.cfg.node_id,
             listen_host=self.cfg.listen_host,
@@ -310,7 +333,6 @@ class Node:
             max_frame_bytes=self.cfg.max_frame_bytes,
         )
         await self.p2p.start()
-        org = next(o for o in self.config.orgs if o.org_id == self.org_id)
         key_pem = self._tls_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -318,7 +340,7 @@ class Node:
         )  # held in memory only, handed to gRPC's TLS stack
         self.gateway = GatewayServer(
             backend=self,
-            org_ca_pem=org.ca_cert_pem,
+            org_ca_pem=own_ca,
             all_ca_pems=ca_pems,
             cert_pem=self._tls_cert_pem,
             key_pem=key_pem,
@@ -358,6 +380,10 @@ class Node:
                 wal = decode_record(WalState, raw)
             except DecodeError as exc:
                 raise LedgerError(f"the consensus write-ahead log is corrupt: {exc}") from exc
+        return self._new_core(tip, wal)
+
+    def _new_core(self, tip: Block, wal: WalState | None) -> Bft:
+        """A BFT core for the configuration in force after ``tip``."""
         params = self.config.consensus
         return Bft(
             node_id=self.cfg.node_id,
@@ -375,6 +401,42 @@ class Node:
             wal=wal,
             now_ms=now_ms(),
         )
+
+    def _switch_epoch(self, block: Block) -> None:
+        """A configuration block was appended: from the next height on, the new validator
+        set orders. The core is rebuilt for it, keeping the view, pooled requests and
+        early votes; peers and trusted CAs follow the new configuration."""
+        config = block.config
+        assert config is not None
+        old = self.consensus
+        self._epochs.add(block.header.height + 1, config)
+        self._adopt_config(config)
+        for org in config.orgs:
+            self.p2p.trust(org.ca_cert_pem)
+        self.p2p.set_peers(self._peer_addresses())
+        wal = WalState(
+            view=old.view,
+            in_view_change=False,
+            height=block.header.height + 1,
+            accepted=None,
+            prepared_view=-1,
+            prepared_certificate=(),
+        )
+        self.consensus = self._new_core(block, wal)
+        self.consensus.adopt_transient(old)
+        actions: list[BftAction] = []
+        for envelope, tx_id, expires in old.pending_requests():
+            if not self.consensus.contains(tx_id) and not self.consensus.is_pool_full():
+                actions += self.consensus.on_request(envelope, tx_id, now_ms(), expires_ms=expires)
+        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
+        log.info(
+            "configuration_changed",
+            epoch=config.epoch,
+            in_force_from=block.header.height + 1,
+            validators=list(self._validators),
+            observer=self.consensus.observer,
+        )
+        self._apply(actions + self.consensus.on_tick(now_ms()))
 
     def _verify_node_signature(self, node_id: str, message: bytes, signature: bytes) -> bool:
         key = self._signer_keys.get(node_id)
@@ -530,7 +592,10 @@ class Node:
                     waiter.set_result(
                         _final(tx_id, height, index, result.status, result.result, result.message)
                     )
-        self._apply(self.consensus.on_block_appended(block, now_ms()))
+        if block.config is not None:
+            self._switch_epoch(block)
+        else:
+            self._apply(self.consensus.on_block_appended(block, now_ms()))
 
     # -- ledger thread: build, verify, append ----------------------------------------
 
@@ -583,6 +648,18 @@ class Node:
         height = parent.height
         block_time = max(now, parent.timestamp_ms)
         checked, dropped = self._check_batch(txs, block_time, admitted=self._admitted)
+        new_config = None
+        changes = [c for c in checked if _is_config_change(c)]
+        if changes:  # a configuration change travels alone, in a configuration block
+            try:
+                new_config = check_config_update(
+                    self._view_at(height + 1), tuple(changes[0].tx.args), now_ms=block_time
+                )
+                checked = [changes[0]]
+            except TransactionRejectedError as exc:
+                log.info("config_change_dropped", tx=changes[0].tx_id.hex(), detail=str(exc))
+                dropped.append(changes[0].tx_id)
+                checked = [c for c in checked if not _is_config_change(c)]
         if not checked:
             return None, dropped
         execution = self.executor.execute_block(
@@ -601,11 +678,15 @@ class Node:
             state_root=prepared.tree_update.root,
             timestamp_ms=block_time,
             proposer=self.cfg.node_id,
-            epoch=self.config.epoch,
-            config_hash=ZERO_HASH,
+            epoch=self._view_at(height + 1).config.epoch,
+            config_hash=ZERO_HASH if new_config is None else sha256(encode(new_config)),
         )
         block = Block(
-            header=header, txs=envelopes, results=execution.results, certificate=(), config=None
+            header=header,
+            txs=envelopes,
+            results=execution.results,
+            certificate=(),
+            config=new_config,
         )
         self._prepared[header.block_hash()] = prepared
         return block, dropped
@@ -629,7 +710,7 @@ class Node:
                 height=header.height,
                 reason="epoch",
             )
-        if header.proposer not in view.validators or block.config is not None:
+        if header.proposer not in view.validators:
             raise BlockVerificationError(
                 f"proposer {header.proposer!r} is not a validator of this network",
                 height=header.height,
@@ -644,6 +725,7 @@ class Node:
                 height=header.height,
                 reason="invalid_tx",
             )
+        self._verify_config_rules(block, checked, view)
         execution = self.executor.execute_block(
             store, checked, height=header.height, block_time_ms=header.timestamp_ms
         )
@@ -663,6 +745,40 @@ class Node:
             )
         self._prepared[header.block_hash()] = prepared
         return prepared
+
+    def _verify_config_rules(
+        self, block: Block, checked: list[CheckedTx], view: ConfigView
+    ) -> None:
+        """A configuration change travels alone, in a configuration block, and passes the
+        admin policy of the configuration in force; no other block carries one."""
+        height = block.header.height
+        changes = [c for c in checked if _is_config_change(c)]
+        if block.config is None:
+            if changes:
+                raise BlockVerificationError(
+                    "a configuration change outside a configuration block",
+                    height=height,
+                    reason="config",
+                )
+            return
+        if len(checked) != 1 or len(changes) != 1:
+            raise BlockVerificationError(
+                "a configuration block carries exactly one configuration change",
+                height=height,
+                reason="config",
+            )
+        try:
+            new = check_config_update(
+                view, tuple(changes[0].tx.args), now_ms=block.header.timestamp_ms
+            )
+        except TransactionRejectedError as exc:
+            raise BlockVerificationError(str(exc), height=height, reason="config") from exc
+        if new != block.config:
+            raise BlockVerificationError(
+                "the block's configuration is not the one its change carries",
+                height=height,
+                reason="config",
+            )
 
     def _append_block(self, block: Block) -> None:
         """Append a block whose certificate holds a quorum; verify it first unless this
@@ -761,8 +877,11 @@ class Node:
         )
 
     async def _admit(self, envelope: TxEnvelope) -> CheckedTx:
-        """Check a transaction for ordering (signature, creator, freshness, replay)."""
+        """Check a transaction for ordering (signature, creator, freshness, replay, and for
+        a configuration change the admin policy, so the admin hears at once)."""
         checked = self._check(envelope, now_ms())
+        if _is_config_change(checked):
+            check_config_update(self._current, tuple(checked.tx.args), now_ms=now_ms())
         tx_id = checked.tx_id
         if tx_id in self._recent or self.consensus.contains(tx_id):
             raise TransactionRejectedError(
@@ -885,6 +1004,15 @@ class Node:
 
         return await self._in_reader(read)  # type: ignore[no-any-return]
 
+    def current_config(self) -> ConfigResponse:
+        """The newest configuration and the height it is in force from."""
+        config = self._epochs.latest()
+        return ConfigResponse(
+            config=encode(config),
+            epoch=config.epoch,
+            in_force_from=self._epochs.latest_first_height(),
+        )
+
     def status(self) -> NodeStatus:
         """This node's view of itself (from memory: no storage access on the loop)."""
         height, tip_hash, state_root = self._tip
@@ -933,7 +1061,13 @@ def _final(
     )
 
 
+def _is_config_change(checked: CheckedTx) -> bool:
+    return checked.tx.contract == CONFIG_CONTRACT and checked.tx.function == CONFIG_FUNCTION
+
+
 def _role(core: Bft) -> str:
+    if core.observer:
+        return "observer"
     if core.in_view_change:
         return "view-change"
     return "leader" if core.is_leader() else "follower"

@@ -82,11 +82,12 @@ class PeerNetwork:
         self._on_frame = on_frame
         self._on_connected = on_connected
         self.max_frame_bytes = max_frame_bytes
+        self._max_queue = max_queue
         self._queues: dict[str, asyncio.Queue[bytes]] = {
             p: asyncio.Queue(maxsize=max_queue) for p in self._peers
         }
         self._connected: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
         self.stats = _Stats()
 
@@ -100,13 +101,35 @@ class PeerNetwork:
             limit=self.max_frame_bytes + 16,
         )
         for peer in self._peers.values():
-            self._tasks.append(asyncio.create_task(self._dial_loop(peer)))
+            self._tasks[peer.node_id] = asyncio.create_task(self._dial_loop(peer))
+
+    def set_peers(self, peers: list[PeerAddress]) -> None:
+        """Follow a configuration change: dial new nodes, stop dialing removed ones, and
+        accept exactly the TLS certificates the new configuration lists."""
+        wanted = {p.node_id: p for p in peers if p.node_id != self.node_id}
+        self._by_fingerprint = {p.tls_fingerprint: p.node_id for p in peers}
+        for node_id in [n for n in self._peers if n not in wanted]:
+            self._peers.pop(node_id)
+            self._queues.pop(node_id, None)
+            task = self._tasks.pop(node_id, None)
+            if task is not None:
+                task.cancel()
+        for node_id, peer in wanted.items():
+            if node_id not in self._peers:
+                self._peers[node_id] = peer
+                self._queues[node_id] = asyncio.Queue(maxsize=self._max_queue)
+                self._tasks[node_id] = asyncio.create_task(self._dial_loop(peer))
+
+    def trust(self, ca_pem: bytes) -> None:
+        """Also accept certificates of this CA (a new organization joined)."""
+        self._server_ssl.load_verify_locations(cadata=ca_pem.decode())
+        self._client_ssl.load_verify_locations(cadata=ca_pem.decode())
 
     async def stop(self) -> None:
         """Close every connection."""
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._server is not None:

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "BlockRequest",
     "BlockResponse",
+    "ConfigResponse",
     "ErrorBody",
     "EvaluateResponse",
     "NodeStatus",
@@ -135,6 +136,17 @@ class NodeStatus:
     detail: str
     version: str
     chain_id: str
+
+
+@record(69)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigResponse:
+    """The newest network configuration (canonical NetworkConfig bytes)."""
+
+    config: bytes
+    epoch: int
+    in_force_from: int
+    """The height it is (or will be) in force from."""
 
 
 @record(59)

@@ -1,0 +1,128 @@
+"""Configuration changes under the admin policy (ADR 0011).
+
+A change travels as an ordinary signed transaction to the built-in ``_config``
+contract, function ``update``, with two arguments:
+- the canonical bytes of the whole next :class:`NetworkConfig`, epoch + 1;
+- a list of approvals, ``[admin signing certificate (DER), signature]``, each
+  signature over :func:`approval_message`.
+
+Every validator checks the change with :func:`check_config_update` before it
+votes. So does a gateway when it admits the change, so an admin hears why at
+once. The block that carries it becomes a *configuration block*: that
+transaction alone, with ``block.config`` set. The new configuration is in force
+from the next height.
+
+Policy: admins of a majority of the organizations of the configuration in
+force (more than half), each approval by a valid ``admin`` certificate of its
+organization. The general policy language of issue 5 will replace this rule
+with policy data in the configuration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kyodo.codec import DecodeError, decode_record, encode
+from kyodo.crypto import ED25519, CryptoError, verify_signature
+from kyodo.identity import IdentityError, Role
+from kyodo.ledger._epochs import ConfigView
+from kyodo.ledger._topology import FragileTopologyError, check_topology
+from kyodo.ledger._types import NetworkConfig
+from kyodo.ledger.errors import LedgerError, TransactionRejectedError
+
+__all__ = [
+    "CONFIG_CONTRACT",
+    "CONFIG_FUNCTION",
+    "approval_message",
+    "check_config_update",
+    "required_approvals",
+]
+
+CONFIG_CONTRACT = "_config"
+CONFIG_FUNCTION = "update"
+
+
+def approval_message(chain_id: str, config_bytes: bytes) -> bytes:
+    """What an organization's admin signs to approve a configuration."""
+    return b"kyodo/config-approval/v1\x00" + chain_id.encode() + b"\x00" + config_bytes
+
+
+def required_approvals(current: NetworkConfig) -> int:
+    """Organizations whose admins must approve a change: a majority."""
+    return len(current.orgs) // 2 + 1
+
+
+def check_config_update(
+    current: ConfigView, args: tuple[Any, ...], *, now_ms: int
+) -> NetworkConfig:
+    """The next configuration, if ``args`` are a valid change of ``current``.
+
+    Raises TransactionRejectedError (reason ``config_rejected``) saying what is wrong:
+    a malformed configuration, a wrong epoch or network, node certificates that do
+    not verify, a fragile topology, or too few valid admin approvals (naming the
+    organizations that approved and how many more are needed).
+    """
+    if len(args) != 2 or not isinstance(args[0], bytes) or not isinstance(args[1], list):
+        raise _rejected("an update takes (configuration bytes, approvals)")
+    raw, approvals = args
+    try:
+        new = decode_record(NetworkConfig, raw)
+    except DecodeError as exc:
+        raise _rejected(f"the configuration does not decode: {exc}") from exc
+    if encode(new) != raw:
+        raise _rejected("the configuration is not canonically encoded")
+    old = current.config
+    if new.chain_id != old.chain_id:
+        raise _rejected(f"the configuration is for network {new.chain_id!r}")
+    if new.epoch != old.epoch + 1:
+        raise _rejected(f"the configuration says epoch {new.epoch}; {old.epoch + 1} is next")
+    try:
+        ConfigView.of(new)
+        check_topology(new, allow_fragile=new.allow_fragile_topology)
+    except FragileTopologyError as exc:
+        raise _rejected(str(exc)) from exc
+    except LedgerError as exc:
+        raise _rejected(str(exc)) from exc
+    approved = _approving_orgs(current, raw, approvals, now_ms)
+    needed = required_approvals(old)
+    if len(approved) < needed:
+        missing = sorted({o.org_id for o in old.orgs} - approved)
+        raise _rejected(
+            f"approved by the admins of {len(approved)} organization(s) "
+            f"({', '.join(sorted(approved)) or 'none'}); {needed} are required: "
+            f"{needed - len(approved)} more of {', '.join(missing)}"
+        )
+    return new
+
+
+def _approving_orgs(current: ConfigView, raw: bytes, approvals: list[Any], now_ms: int) -> set[str]:
+    message = approval_message(current.config.chain_id, raw)
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    orgs: set[str] = set()
+    for approval in approvals:
+        if (
+            not isinstance(approval, list)
+            or len(approval) != 2
+            or not all(isinstance(part, bytes) for part in approval)
+        ):
+            raise _rejected("each approval is [certificate, signature]")
+        cert, signature = approval
+        try:
+            member = current.membership.validate(cert, now=now)
+        except IdentityError as exc:
+            raise _rejected(f"an approval's certificate is not accepted: {exc}") from exc
+        if member.role != Role.ADMIN:
+            raise _rejected(f"{member.org}/{member.name} is not an admin ({member.role})")
+        try:
+            verify_signature(ED25519, member.public_key, message, signature)
+        except CryptoError as exc:
+            raise _rejected(f"the approval of {member.org}/{member.name} does not verify") from exc
+        orgs.add(member.org)
+    return orgs
+
+
+def _rejected(message: str) -> TransactionRejectedError:
+    return TransactionRejectedError(
+        f"configuration change refused: {message}", reason="config_rejected"
+    )
