@@ -221,6 +221,45 @@ def network_down(
         console.print(f"deleted {net.folder}")
 
 
+@network_app.command("add-validator")
+def network_add_validator(
+    org: Annotated[str, typer.Option("--org", help="Its organization (new: it joins).")],
+    folder: DirOption = DEFAULT_DIR,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to be ready.")] = 60.0,
+) -> None:
+    """Add a validator while the network runs (a configuration change under the admin
+    policy: admins of a majority of organizations approve it)."""
+    try:
+        net = LocalNetwork(folder)
+        with _progress() as progress:
+            task = progress.add_task("adding a validator", total=None)
+            entry = net.add_validator(org, lambda m: progress.update(task, description=m))
+            _wait_ready(net, [entry], timeout, progress)
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+    status = _status_of(net, entry)
+    console.print(
+        f"{entry.node_id} ({entry.org_id}) joined: {status['role']}, height "
+        f"{status['height']}, gateway {entry.gateway}"
+    )
+
+
+@network_app.command("remove-validator")
+def network_remove_validator(node: str, folder: DirOption = DEFAULT_DIR) -> None:
+    """Stop a validator voting while the network runs (it keeps following the chain)."""
+    try:
+        net = LocalNetwork(folder)
+        with _progress() as progress:
+            task = progress.add_task("removing a validator", total=None)
+            new = net.remove_validator(node, lambda m: progress.update(task, description=m))
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+    console.print(
+        f"{node} no longer votes from configuration epoch {new.epoch}; validators: "
+        f"{', '.join(n.node_id for n in new.validators())}"
+    )
+
+
 @network_app.command("status")
 def network_status(folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
     """Each node's id, organization, role, pid, height, tip hash, state root and health."""

@@ -26,15 +26,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from kyodo.client import Gateway, KyodoError, UserCredentials, load_user
-from kyodo.crypto import save_private_key
+from kyodo.client import Gateway, KyodoError, SubmitResult, UserCredentials, load_user
+from kyodo.codec import decode_record, encode
+from kyodo.crypto import load_private_key, save_private_key
 from kyodo.identity import CertificateAuthority, Role
 from kyodo.ledger import (
     ConsensusParams,
@@ -42,8 +43,10 @@ from kyodo.ledger import (
     NetworkConfig,
     NodeInfo,
     OrgInfo,
+    approval_message,
     check_topology,
     make_genesis_block,
+    required_approvals,
     save_genesis,
 )
 from kyodo.node import NodeConfig
@@ -158,28 +161,9 @@ def create_network(
     for i in range(1, orgs + 1):
         org_id = f"org{i}"
         progress(f"organization {org_id}: CA, node and user certificates")
-        org_dir = folder / "orgs" / org_id
-        org_dir.mkdir(parents=True, exist_ok=True)
-        passphrase = secrets.token_hex(24).encode()
-        pass_file = org_dir / "passphrase"
-        pass_file.touch(mode=0o600)
-        pass_file.write_bytes(passphrase)
-        salt = os.urandom(16)
-        ca = CertificateAuthority.create(org_id, now=now)
-        (org_dir / "ca").mkdir(exist_ok=True)
-        (org_dir / "ca" / "ca.pem").write_bytes(ca.cert_pem)
-        save_private_key(org_dir / "ca" / "ca.key", ca.key, passphrase, salt=salt)
+        org = _create_org(folder, org_id, now)
+        ca, passphrase, salt = org.ca, org.passphrase, org.salt
         org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.cert_pem))
-        for user, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
-            _issue_member(
-                ca,
-                org_dir / "users" / user,
-                name=user,
-                role=role,
-                passphrase=passphrase,
-                salt=salt,
-                now=now,
-            )
         for j in range(validators_per_org):
             node_id = f"{org_id}-node{j}"
             home = folder / "nodes" / node_id
@@ -244,6 +228,52 @@ def create_network(
         + "\n"
     )
     return LocalNetwork(folder)
+
+
+@dataclass(frozen=True, slots=True)
+class _Org:
+    ca: CertificateAuthority
+    passphrase: bytes
+    salt: bytes
+
+
+def _create_org(folder: Path, org_id: str, now: datetime) -> _Org:
+    """An organization's CA, passphrase, admin and user1, in ``folder/orgs/org_id``."""
+    org_dir = folder / "orgs" / org_id
+    org_dir.mkdir(parents=True, exist_ok=True)
+    passphrase = secrets.token_hex(24).encode()
+    pass_file = org_dir / "passphrase"
+    pass_file.touch(mode=0o600)
+    pass_file.write_bytes(passphrase)
+    salt = os.urandom(16)
+    ca = CertificateAuthority.create(org_id, now=now)
+    (org_dir / "ca").mkdir(exist_ok=True)
+    (org_dir / "ca" / "ca.pem").write_bytes(ca.cert_pem)
+    save_private_key(org_dir / "ca" / "ca.key", ca.key, passphrase, salt=salt)
+    for user, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
+        _issue_member(
+            ca,
+            org_dir / "users" / user,
+            name=user,
+            role=role,
+            passphrase=passphrase,
+            salt=salt,
+            now=now,
+        )
+    return _Org(ca, passphrase, salt)
+
+
+def _load_org(folder: Path, org_id: str) -> _Org:
+    """An existing organization's CA (key decrypted in memory) and passphrase."""
+    org_dir = folder / "orgs" / org_id
+    passphrase = (org_dir / "passphrase").read_bytes().strip()
+    key_doc = json.loads((org_dir / "ca" / "ca.key").read_text())
+    key = load_private_key(org_dir / "ca" / "ca.key", passphrase)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ca = CertificateAuthority(
+        org=org_id, cert_pem=(org_dir / "ca" / "ca.pem").read_bytes(), key=key
+    )
+    return _Org(ca, passphrase, bytes.fromhex(key_doc["salt"]))
 
 
 def _check_planned_topology(orgs: int, per_org: int, allow_fragile: bool) -> None:
@@ -375,6 +405,142 @@ class LocalNetwork:
             while _alive(pid):
                 time.sleep(0.02)
         return True
+
+    # -- configuration changes -----------------------------------------------------
+
+    def current_config(self, via_org: str | None = None) -> NetworkConfig:
+        """The newest configuration, as a running node of ``via_org`` reports it."""
+        org = via_org or self.orgs[0]
+        with self.gateway(org, "admin") as gw:
+            return decode_record(NetworkConfig, gw.config().config)
+
+    def propose_config(
+        self, new: NetworkConfig, *, current: NetworkConfig, via_org: str
+    ) -> SubmitResult:
+        """Submit ``new`` with approvals by the admins of a majority of organizations
+        (their keys are in this folder: a local network); wait until it is ordered."""
+        raw = encode(new)
+        message = approval_message(current.chain_id, raw)
+        approvers = sorted(o.org_id for o in current.orgs)[: required_approvals(current)]
+        approvals = []
+        for org in approvers:
+            admin = self.user(org, "admin")
+            approvals.append([admin.identity.certificate, admin.signer.sign(message)])
+        with self.gateway(via_org, "admin") as gw:
+            return gw.contract("_config").submit_transaction("update", raw, approvals)
+
+    def add_validator(self, org: str, progress: Progress) -> NodeEntry:
+        """A new validator node of ``org`` (a new organization if it does not exist yet),
+        admitted by a configuration change; its process is started."""
+        via = self.orgs[0]
+        current = self.current_config(via)
+        now = datetime.now(UTC)
+        joining = org not in {o.org_id for o in current.orgs}
+        if joining:
+            progress(f"organization {org}: CA, admin and user certificates")
+            org_material = _create_org(self.folder, org, now)
+        else:
+            org_material = _load_org(self.folder, org)
+        index = sum(1 for n in current.nodes if n.org_id == org)
+        node_id = f"{org}-node{index}"
+        progress(f"node {node_id}: keys and certificates")
+        home = self.folder / "nodes" / node_id
+        signing_pem, tls_pem = _issue_member(
+            org_material.ca,
+            home,
+            name=node_id,
+            role=Role.NODE,
+            passphrase=org_material.passphrase,
+            salt=org_material.salt,
+            now=now,
+        )
+        p2p, gateway, metrics = _allocate_ports(3)
+        NodeConfig(
+            node_id=node_id,
+            org_id=org,
+            listen_host="127.0.0.1",
+            p2p_port=p2p,
+            gateway_port=gateway,
+            metrics_port=metrics,
+            genesis="../../genesis.block",
+            passphrase=f"file:../../orgs/{org}/passphrase",
+            org_ca=f"../../orgs/{org}/ca/ca.pem",
+        ).save(home)
+        info = NodeInfo(
+            node_id=node_id,
+            org_id=org,
+            signing_cert=_der(signing_pem),
+            tls_cert_pem=tls_pem,
+            host="127.0.0.1",
+            p2p_port=p2p,
+            gateway_port=gateway,
+            validator=True,
+        )
+        orgs = current.orgs + (
+            (OrgInfo(org_id=org, ca_cert_pem=org_material.ca.cert_pem),) if joining else ()
+        )
+        new = replace(
+            current,
+            orgs=orgs,
+            nodes=(*current.nodes, info),
+            epoch=current.epoch + 1,
+            created_ms=int(now.timestamp() * 1000),
+        )
+        progress(f"configuration epoch {new.epoch}: approvals and ordering")
+        self.propose_config(new, current=current, via_org=via)
+        entry = NodeEntry(
+            node_id=node_id,
+            org_id=org,
+            home=home,
+            gateway=f"127.0.0.1:{gateway}",
+            p2p_port=p2p,
+            metrics_port=metrics,
+        )
+        self._record(entry, joining)
+        progress(f"starting {node_id}")
+        self.start(entry)
+        return entry
+
+    def remove_validator(self, node_id: str, progress: Progress) -> NetworkConfig:
+        """Stop ``node_id`` voting by a configuration change (it keeps following)."""
+        via = next(o for o in self.orgs if o != self.node(node_id).org_id)
+        current = self.current_config(via)
+        target = current.node(node_id)
+        if target is None or not target.validator:
+            raise KyodoError(f"{node_id} is not a validator", code="not_a_validator")
+        new = replace(
+            current,
+            epoch=current.epoch + 1,
+            created_ms=int(datetime.now(UTC).timestamp() * 1000),
+            nodes=tuple(
+                replace(n, validator=False) if n.node_id == node_id else n for n in current.nodes
+            ),
+        )
+        progress(f"configuration epoch {new.epoch}: approvals and ordering")
+        self.propose_config(new, current=current, via_org=via)
+        return new
+
+    def _record(self, entry: NodeEntry, joining: bool) -> None:
+        path = self.folder / "network.json"
+        doc = json.loads(path.read_text())
+        if joining:
+            doc["orgs"].append(entry.org_id)
+            self.orgs.append(entry.org_id)
+            ca_pem = (self.folder / "orgs" / entry.org_id / "ca" / "ca.pem").read_bytes()
+            with (self.folder / "ca-bundle.pem").open("ab") as bundle:
+                bundle.write(ca_pem)
+        doc["nodes"].append(
+            {
+                "node_id": entry.node_id,
+                "org_id": entry.org_id,
+                "home": f"nodes/{entry.node_id}",
+                "gateway": entry.gateway,
+                "p2p_port": entry.p2p_port,
+                "metrics_port": entry.metrics_port,
+            }
+        )
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        self.nodes.append(entry)
 
     # -- clients ---------------------------------------------------------------------
 
