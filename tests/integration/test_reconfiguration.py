@@ -1,0 +1,72 @@
+"""Validators added and removed while the network runs, under load (real processes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from kyodo.cli._network import LocalNetwork
+from kyodo.client import TransactionRejected
+from kyodo.codec import decode_record, encode
+from kyodo.ledger import Block, approval_message
+from tests.integration.conftest import node_status, wait_converged, wait_until
+from tests.integration.test_bft_network import assert_all_final_everywhere, load_in_background
+from tests.integration.test_network import kyodo
+
+
+def test_a_change_without_a_majority_of_admins_is_refused_at_the_gateway(network):
+    current = network.current_config()
+    new = encode(replace(current, epoch=current.epoch + 1))
+    admin = network.user("org1", "admin")
+    lone = [
+        [admin.identity.certificate, admin.signer.sign(approval_message(current.chain_id, new))]
+    ]
+    with network.gateway("org1", "admin") as gw, pytest.raises(TransactionRejected) as refused:
+        gw.contract("_config").submit("update", new, lone)
+    assert refused.value.reason == "config_rejected" and "3 are required" in str(refused.value)
+    assert network.current_config().epoch == current.epoch
+
+
+def test_a_validator_of_a_new_organization_joins_under_load_and_votes(network: LocalNetwork):
+    worker, out = load_in_background(network, network.orgs[:4], "join", per_client=15)
+    entry = network.add_validator("org5", progress=lambda _m: None)
+    worker.join(timeout=300)
+    final_ids, errors = out["result"]  # type: ignore[misc]
+    assert errors == [] and final_ids
+    wait_until(
+        lambda: (s := node_status(network, entry)) is not None and s.healthy,
+        timeout_s=60,
+        what="the new validator ready",
+    )
+    assert network.current_config().epoch == 1
+    with network.gateway("org5") as gw:  # its own organization's users work at once
+        outcome = gw.contract("asset_transfer").submit_transaction("create_account", "org5-acct")
+        block = decode_record(Block, gw.block(outcome.height))
+    assert len(block.certificate) >= 4  # q = 4 of the 5 validators: the new set certifies
+    assert node_status(network, entry).role in ("leader", "follower")
+    wait_converged(network)
+    assert_all_final_everywhere(network, final_ids)
+
+
+def test_a_validator_is_removed_under_load_and_keeps_following(network: LocalNetwork):
+    worker, out = load_in_background(network, network.orgs[:4], "leave", per_client=15)
+    new = network.remove_validator("org5-node0", progress=lambda _m: None)
+    worker.join(timeout=300)
+    final_ids, errors = out["result"]  # type: ignore[misc]
+    assert errors == [] and final_ids
+    assert [n.node_id for n in new.validators()] == [f"org{i}-node0" for i in range(1, 5)]
+    removed = network.node("org5-node0")
+    wait_until(
+        lambda: node_status(network, removed).role == "observer",
+        timeout_s=30,
+        what="the removed validator to become an observer",
+    )
+    with network.gateway("org1") as gw:
+        outcome = gw.contract("asset_transfer").submit_transaction("create_account", "after")
+        block = decode_record(Block, gw.block(outcome.height))
+    assert "org5-node0" not in {c.signer for c in block.certificate}
+    wait_converged(network)
+    assert_all_final_everywhere(network, final_ids)
+    for node in network.nodes:  # offline verification follows the validator set's changes
+        assert kyodo("verify", node.node_id, "--json", folder=network.folder).returncode == 0

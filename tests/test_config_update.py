@@ -1,0 +1,129 @@
+"""The admin policy for configuration changes (kyodo.ledger.check_config_update)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from kyodo.cli._network import LocalNetwork, create_network
+from kyodo.codec import encode
+from kyodo.crypto import Ed25519Signer
+from kyodo.ledger import (
+    ConfigView,
+    NetworkConfig,
+    TransactionRejectedError,
+    approval_message,
+    check_config_update,
+    load_genesis,
+)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> LocalNetwork:
+    return create_network(tmp_path_factory.mktemp("cfg") / "net", orgs=4, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def current(net: LocalNetwork) -> NetworkConfig:
+    config = load_genesis(net.folder / "genesis.block").config
+    assert config is not None
+    return config
+
+
+def approvals(
+    net: LocalNetwork, raw: bytes, chain: str, orgs: list[str], user: str = "admin"
+) -> list[list[bytes]]:
+    out = []
+    for org in orgs:
+        creds = net.user(org, user)
+        out.append([creds.identity.certificate, creds.signer.sign(approval_message(chain, raw))])
+    return out
+
+
+def next_config(current: NetworkConfig, **changes: object) -> NetworkConfig:
+    fields = {"epoch": current.epoch + 1, "created_ms": time.time_ns() // 1_000_000}
+    fields.update(changes)
+    return replace(current, **fields)  # type: ignore[arg-type]
+
+
+def check(current: NetworkConfig, raw: bytes, approved: list[list[bytes]]) -> NetworkConfig:
+    return check_config_update(
+        ConfigView.of(current), (raw, approved), now_ms=time.time_ns() // 1_000_000
+    )
+
+
+def test_a_majority_of_organizations_admins_can_change_the_configuration(net, current):
+    new = next_config(current, consensus=replace(current.consensus, max_batch_txs=123))
+    raw = encode(new)
+    assert (
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"])) == new
+    )
+
+
+def test_too_few_approvals_are_refused_naming_what_is_missing(net, current):
+    raw = encode(next_config(current))
+    with pytest.raises(TransactionRejectedError) as refused:
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2"]))
+    assert refused.value.reason == "config_rejected"
+    assert "2 organization(s)" in str(refused.value) and "3 are required" in str(refused.value)
+    assert "1 more of org3, org4" in str(refused.value)
+
+
+def test_two_approvals_by_one_organization_count_once(net, current):
+    raw = encode(next_config(current))
+    twice = approvals(net, raw, current.chain_id, ["org1", "org1", "org2"])
+    with pytest.raises(TransactionRejectedError, match="2 organization"):
+        check(current, raw, twice)
+
+
+def test_an_approval_by_a_non_admin_is_refused(net, current):
+    raw = encode(next_config(current))
+    mixed = approvals(net, raw, current.chain_id, ["org1", "org2"]) + approvals(
+        net, raw, current.chain_id, ["org3"], user="user1"
+    )
+    with pytest.raises(TransactionRejectedError, match="is not an admin"):
+        check(current, raw, mixed)
+
+
+def test_a_forged_approval_is_refused(net, current):
+    raw = encode(next_config(current))
+    forged = approvals(net, raw, current.chain_id, ["org1", "org2"])
+    cert = net.user("org3", "admin").identity.certificate
+    forged.append([cert, Ed25519Signer.generate().sign(approval_message(current.chain_id, raw))])
+    with pytest.raises(TransactionRejectedError, match="does not verify"):
+        check(current, raw, forged)
+
+
+def test_an_approval_of_other_bytes_does_not_count(net, current):
+    raw = encode(next_config(current))
+    other = encode(next_config(current, allow_fragile_topology=False, created_ms=1))
+    with pytest.raises(TransactionRejectedError, match="does not verify"):
+        check(current, raw, approvals(net, other, current.chain_id, ["org1", "org2", "org3"]))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"epoch": 5}, "says epoch 5; 1 is next"), ({"chain_id": "other"}, "for network .other.")],
+)
+def test_a_configuration_out_of_sequence_is_refused(net, current, changes, message):
+    raw = encode(next_config(current, **changes))
+    with pytest.raises(TransactionRejectedError, match=message):
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+
+
+def test_a_change_to_a_fragile_topology_is_refused(net, current):
+    org1_node = current.node("org1-node0")
+    assert org1_node is not None
+    second = replace(org1_node, node_id="org1-node1")  # org1 would hold 2 of 5 votes, f = 1
+    raw = encode(next_config(current, nodes=(*current.nodes, second)))
+    with pytest.raises(TransactionRejectedError, match="losing org1"):
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+
+
+def test_malformed_arguments_are_refused(current):
+    view = ConfigView.of(current)
+    for args in [(b"not a config", []), ("text", []), (b"", "x"), ()]:
+        with pytest.raises(TransactionRejectedError):
+            check_config_update(view, args, now_ms=time.time_ns() // 1_000_000)  # type: ignore[arg-type]
