@@ -11,7 +11,11 @@ from kyodo.client import TransactionRejected
 from kyodo.codec import decode_record, encode
 from kyodo.ledger import Block, approval_message
 from tests.integration.conftest import node_status, wait_converged, wait_until
-from tests.integration.test_bft_network import assert_all_final_everywhere, load_in_background
+from tests.integration.test_bft_network import (
+    assert_all_final_everywhere,
+    leader_of,
+    load_in_background,
+)
 from tests.integration.test_network import kyodo
 
 
@@ -47,6 +51,26 @@ def test_a_validator_of_a_new_organization_joins_under_load_and_votes(network: L
     assert node_status(network, entry).role in ("leader", "follower")
     wait_converged(network)
     assert_all_final_everywhere(network, final_ids)
+
+
+def test_a_view_change_after_reconfiguration_uses_the_new_validator_set(network):
+    """Five validators now (q=4, f=1): killing whoever proposes still leaves a quorum,
+    and the view change runs with the new set."""
+    victim = leader_of(network)
+    view_before = wait_converged(network).view
+    assert network.stop(network.node(victim), kill=True)
+    survivor = next(n for n in network.nodes if n.node_id != victim)
+    with network.gateway(survivor.org_id) as gw:
+        contract = gw.contract("asset_transfer")
+        for n in range(45):  # until the dead node's turn forces a view change
+            contract.submit("create_account", f"after-reconfig-{n}")
+            if node_status(network, survivor).view > view_before:
+                break
+        assert node_status(network, survivor).view > view_before
+        tip = decode_record(Block, gw.block(-1))
+    assert len(tip.certificate) >= 4 and victim not in {c.signer for c in tip.certificate}
+    network.start(network.node(victim))
+    wait_converged(network)
 
 
 def test_a_validator_is_removed_under_load_and_keeps_following(network: LocalNetwork):
