@@ -244,6 +244,20 @@ def network_add_validator(
     )
 
 
+@network_app.command("rotate-key")
+def network_rotate_key(node: str, folder: DirOption = DEFAULT_DIR) -> None:
+    """Give a validator a new signing key while the network runs (a configuration change;
+    the node signs with the new key from the epoch it takes effect)."""
+    try:
+        net = LocalNetwork(folder)
+        with _progress() as progress:
+            task = progress.add_task("rotating a signing key", total=None)
+            new = net.rotate_key(node, lambda m: progress.update(task, description=m))
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+    console.print(f"{node} signs with its new key from configuration epoch {new.epoch}")
+
+
 @network_app.command("remove-validator")
 def network_remove_validator(node: str, folder: DirOption = DEFAULT_DIR) -> None:
     """Stop a validator voting while the network runs (it keeps following the chain)."""

@@ -276,6 +276,11 @@ def _load_org(folder: Path, org_id: str) -> _Org:
     return _Org(ca, passphrase, bytes.fromhex(key_doc["salt"]))
 
 
+def replace_config(config: NodeConfig, home: Path, **changes: object) -> None:
+    """Rewrite a node's node.json with ``changes``."""
+    replace(config, **changes).save(home)  # type: ignore[arg-type]
+
+
 def _check_planned_topology(orgs: int, per_org: int, allow_fragile: bool) -> None:
     """Refuse a fragile validator set before generating anything for it."""
     placeholders = tuple(
@@ -500,6 +505,45 @@ class LocalNetwork:
         progress(f"starting {node_id}")
         self.start(entry)
         return entry
+
+    def rotate_key(self, node_id: str, progress: Progress) -> NetworkConfig:
+        """Give ``node_id`` a new signing key by a configuration change; the node switches
+        to it at the epoch the change takes effect."""
+        entry = self.node(node_id)
+        via = next(o for o in self.orgs if o != entry.org_id)
+        current = self.current_config(via)
+        info = current.node(node_id)
+        if info is None:
+            raise KyodoError(f"{node_id} is not in the configuration", code="not_found")
+        now = datetime.now(UTC)
+        org = _load_org(self.folder, entry.org_id)
+        progress(f"{node_id}: new signing key")
+        key = ed25519.Ed25519PrivateKey.generate()
+        save_private_key(entry.home / "signing-next.key", key, org.passphrase, salt=org.salt)
+        cert_pem = org.ca.issue_signing_cert(
+            name=node_id, role=Role.NODE, public_key=key.public_key(), now=now
+        )
+        (entry.home / "signing-next.pem").write_bytes(cert_pem)
+        config = NodeConfig.load(entry.home)
+        replace_config(config, entry.home, next_signing_key="signing-next.key")
+        new = replace(
+            current,
+            epoch=current.epoch + 1,
+            created_ms=int(now.timestamp() * 1000),
+            nodes=tuple(
+                replace(n, signing_cert=_der(cert_pem)) if n.node_id == node_id else n
+                for n in current.nodes
+            ),
+        )
+        progress(f"configuration epoch {new.epoch}: approvals and ordering")
+        self.propose_config(new, current=current, via_org=via)
+        # from now on the new key is the node's key, also across restarts (the old one is
+        # kept for a restart before the node appended the rotation's configuration block)
+        (entry.home / "signing.key").replace(entry.home / "signing-previous.key")
+        (entry.home / "signing-next.key").replace(entry.home / "signing.key")
+        (entry.home / "signing-next.pem").replace(entry.home / "signing.pem")
+        replace_config(NodeConfig.load(entry.home), entry.home, next_signing_key="")
+        return new
 
     def remove_validator(self, node_id: str, progress: Progress) -> NetworkConfig:
         """Stop ``node_id`` voting by a configuration change (it keeps following)."""

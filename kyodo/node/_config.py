@@ -31,6 +31,9 @@ class NodeConfig:
     tls_cert: str = "tls.pem"
     tls_key: str = "tls.key"
     passphrase: str = "file:passphrase"  # noqa: S105 - a source, not a secret
+    next_signing_key: str = ""
+    """A key prepared for rotation: used from the configuration epoch whose signing
+    certificate for this node matches it (``kyodo network rotate-key``)."""
     org_ca: str = ""
     """CA certificate of this node's organization, for a node whose organization joins
     by a configuration change (before that change it is not in the genesis)."""

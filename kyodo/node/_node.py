@@ -114,6 +114,9 @@ log = structlog.get_logger("kyodo.node")
 T = TypeVar("T")
 _SYNC_MAX_BYTES = 16 * 1024 * 1024
 _RECENT_TXS = 100_000
+PREVIOUS_SIGNING_KEY = "signing-previous.key"
+"""Where a key rotation keeps the old key: a node restarted before it appended the
+rotation's configuration block still signs with it until then."""
 BFT_MESSAGES = (PrePrepare, Prepare, Commit, ViewChange, SignedViewData, NewView, Heartbeat)
 _STALL_S = 5.0
 """A node behind its peers that appended nothing for this long reports itself unhealthy."""
@@ -145,7 +148,7 @@ class Node:
         self._views: dict[int, ConfigView] = {}
         self._current = self._view_of(self.genesis.config)
         """The newest configuration (replaced when a configuration block is appended)."""
-        self._adopt_config(self.genesis.config)
+        self._adopt_config(self.genesis.config, check_key=False)  # the store may know newer
         self.executor = Executor(BUILTIN_CONTRACTS)
         self.metrics = NodeMetrics()
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
@@ -206,7 +209,7 @@ class Node:
         """The configuration in force at ``height``, with its keys and quorum."""
         return self._view_of(self._epochs.at(height))
 
-    def _adopt_config(self, config: NetworkConfig) -> None:
+    def _adopt_config(self, config: NetworkConfig, *, check_key: bool = True) -> None:
         """Make ``config`` the current one: topology, this node's place in it."""
         self._current = self._view_of(config)
         self.topology = check_topology(config, allow_fragile=config.allow_fragile_topology)
@@ -223,8 +226,32 @@ class Node:
             log.info("not_in_configuration", node=self.cfg.node_id, epoch=config.epoch)
             return
         self.org_id = me.org_id
-        if self._signer_keys[self.cfg.node_id] != self._signer.public_key:
-            raise LedgerError("the signing key does not match this node's certificate")
+        if check_key and self._signer_keys[self.cfg.node_id] != self._signer.public_key:
+            self._rotate_signing_key(config.epoch)
+
+    def _rotate_signing_key(self, epoch: int) -> None:
+        """The configuration names a new signing certificate for this node: switch to the
+        key prepared for it. node.json is read now, not at start: ``next_signing_key``,
+        or ``signing_key`` once the rotation tool has moved the new key into place."""
+        current = NodeConfig.load(self.home)
+        expected = self._signer_keys[self.cfg.node_id]
+        passphrase = read_passphrase(_relative_source(current.passphrase, self.home))
+        for name in (current.next_signing_key, current.signing_key, PREVIOUS_SIGNING_KEY):
+            path = current.resolve(self.home, name) if name else None
+            if path is None or not path.exists():
+                continue
+            key = load_private_key(path, passphrase)
+            if (
+                isinstance(key, ed25519.Ed25519PrivateKey)
+                and (signer := Ed25519Signer(key)).public_key == expected
+            ):
+                self._signer = signer
+                log.info("signing_key_rotated", node=self.cfg.node_id, epoch=epoch)
+                return
+        raise LedgerError(
+            "the signing key does not match this node's certificate, and no "
+            "prepared key (next_signing_key) does"
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -237,7 +264,7 @@ class Node:
         configs = await self._in_ledger(self.store.get_configs)
         if configs:  # a restart after configuration changes: the newest is in force
             self._epochs = Epochs(configs)
-            self._adopt_config(self._epochs.latest())
+        self._adopt_config(self._epochs.latest())
         self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
         height = self.store.height()
         assert height is not None

@@ -94,3 +94,51 @@ def test_a_validator_is_removed_under_load_and_keeps_following(network: LocalNet
     assert_all_final_everywhere(network, final_ids)
     for node in network.nodes:  # offline verification follows the validator set's changes
         assert kyodo("verify", node.node_id, "--json", folder=network.folder).returncode == 0
+
+
+def test_a_validator_key_is_rotated_while_running_and_survives_a_restart(network):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from kyodo.crypto import ED25519, verify_signature
+    from kyodo.ledger import commit_message
+
+    stopped = network.node("org4-node0")  # with 3 of 4 validators left, org2 must sign
+    assert network.stop(stopped)
+    rotated = network.node("org2-node0")
+    old_pem = (rotated.home / "signing.pem").read_bytes()
+    network.rotate_key("org2-node0", progress=lambda _m: None)
+    new_pem = (rotated.home / "signing.pem").read_bytes()
+    assert new_pem != old_pem
+    new_key = (
+        x509.load_pem_x509_certificate(new_pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+    def signed_by_new_key(height: int) -> bool:
+        with network.gateway("org1") as gw:
+            block = decode_record(Block, gw.block(height))
+        sig = {c.signer: c.signature for c in block.certificate}["org2-node0"]
+        verify_signature(
+            ED25519, new_key, commit_message(block.header.chain_id, block.block_hash()), sig
+        )
+        return True
+
+    with network.gateway("org3") as gw:
+        outcome = gw.contract("asset_transfer").submit_transaction("create_account", "rot-1")
+    assert signed_by_new_key(outcome.height)
+    assert network.stop(rotated)  # the new key is the node's key across restarts too
+    network.start(rotated)
+    wait_until(
+        lambda: (s := node_status(network, rotated)) is not None and s.height > 0,
+        timeout_s=30,
+        what="the rotated node back",
+    )
+    with network.gateway("org3") as gw:
+        outcome = gw.contract("asset_transfer").submit_transaction("create_account", "rot-2")
+    assert signed_by_new_key(outcome.height)
+    network.start(stopped)
+    wait_converged(network)
+    for node in network.nodes:
+        assert kyodo("verify", node.node_id, "--json", folder=network.folder).returncode == 0
