@@ -678,3 +678,16 @@ def test_an_observer_follows_the_chain_and_its_requests_are_ordered_without_its_
     for node in h.nodes.values():  # no certificate carries the observer's signature
         assert all(c.signer != "o0" for b in node.chain for c in b.certificate)
     assert observer.wal is None  # it never voted, so it never logged a vote
+
+
+def test_lag_survives_a_rejected_block_so_a_stuck_node_stays_unhealthy():
+    from kyodo.consensus import StatusMessage
+
+    h = Harness(4, seed=61)
+    core = h.nodes["v3"].core
+    assert core is not None
+    core.on_message("v0", StatusMessage(height=5, tip_hash=b""), 10)
+    assert core.lag() == 5
+    bad = _child(genesis(), b"bad")
+    core.on_block_rejected(bad, "v0", 20)  # sync forgets v0 ...
+    assert core.lag() == 5  # ... but the node still knows it is 5 blocks behind

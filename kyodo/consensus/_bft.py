@@ -238,6 +238,8 @@ class Bft:
         """In a view change: validators seen voting in a lower view (view, when)."""
         self._future: list[tuple[str, object]] = []
         self._peer_heights: dict[str, int] = {}
+        self._highest_seen = 0
+        """The highest tip height any peer has shown (for health; sync forgets peers)."""
         self._buffer: dict[int, tuple[Block, str]] = {}
         self._syncing_block = False
         self._sync_peer: str | None = None
@@ -279,6 +281,7 @@ class Bft:
         next height and what it knows of peers' heights."""
         self._future = list(previous._future)
         self._peer_heights = dict(previous._peer_heights)
+        self._highest_seen = previous._highest_seen
 
     def pending_requests(self) -> list[tuple[TxEnvelope, bytes, int | None]]:
         """(envelope, tx id, expiry) of every pooled request, oldest first: handed to the
@@ -298,8 +301,10 @@ class Bft:
         return tx_id in self._pool
 
     def lag(self) -> int:
-        """How many blocks the most advanced peer (as last heard) is ahead."""
-        return max([0, *(h - self.height for h in self._peer_heights.values())])
+        """How many blocks the highest height any peer has shown is ahead of ours. Unlike
+        the sync bookkeeping, a rejected block does not make the lag disappear."""
+        peers = max(self._peer_heights.values(), default=0)
+        return max(0, self._highest_seen - self.height, peers - self.height)
 
     def wal_state(self) -> WalState:
         """What the write-ahead log must hold now."""
@@ -366,6 +371,7 @@ class Bft:
             return []
         if isinstance(message, StatusMessage):  # from any configured node
             self._peer_heights[sender] = message.height
+            self._highest_seen = max(self._highest_seen, message.height)
             return self._maybe_sync(now_ms)
         if isinstance(message, SyncResponse):
             return self._on_sync_response(sender, message, now_ms)
@@ -624,6 +630,7 @@ class Bft:
     def _note_ahead(self, sender: str, height: int, now_ms: int) -> list[BftAction]:
         if height <= self.height or sender == self.node_id:
             return []
+        self._highest_seen = max(self._highest_seen, height)
         self._peer_heights[sender] = max(self._peer_heights.get(sender, -1), height)
         return self._maybe_sync(now_ms)
 
@@ -932,6 +939,7 @@ class Bft:
             if height > self.height and (height == self.height + 1 or room):
                 self._buffer.setdefault(height, (block, sender))
                 self._peer_heights[sender] = max(self._peer_heights.get(sender, -1), height)
+                self._highest_seen = max(self._highest_seen, height)
         return self._next_buffered() + self._maybe_sync(now_ms)
 
     def _next_buffered(self) -> list[BftAction]:
