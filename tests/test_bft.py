@@ -150,6 +150,7 @@ class Harness:
             verify_certified=self.certified,
             wal=node.wal,
             now_ms=self.now,
+            recent=[b.header for b in node.chain[-101:-1]],
         )
 
     def certified(self, block: Block) -> bool:
@@ -238,6 +239,7 @@ class Harness:
             proposer=node.node_id,
             epoch=0,
             config_hash=ZERO_HASH,
+            view=action.view,
         )
         return Block(header=header, txs=txs, results=(), certificate=(), config=None)
 
@@ -691,3 +693,22 @@ def test_lag_survives_a_rejected_block_so_a_stuck_node_stays_unhealthy():
     bad = _child(genesis(), b"bad")
     core.on_block_rejected(bad, "v0", 20)  # sync forgets v0 ...
     assert core.lag() == 5  # ... but the node still knows it is 5 blocks behind
+
+
+def test_a_dead_leader_is_blacklisted_and_passed_over_instead_of_costing_view_changes():
+    from kyodo.consensus import BLACKLIST_HEIGHTS
+
+    h = Harness(4, seed=71)
+    h.submit(300, start=0, spread=25_000)
+    h.crash("v0", at=300, restart_at=None)
+    h.run(until=40_000)
+    survivors = ["v1", "v2", "v3"]
+    assert h.final_everywhere(survivors)
+    height = len(h.nodes["v1"].chain) - 1
+    turns = height // (4 * PARAMS.decisions_per_leader)  # rotation alone gives v0 this many
+    cores = [h.nodes[i].core for i in survivors]
+    views = max(c.view for c in cores if c is not None)
+    # one view change when it died, and one each time its blacklist entry expired
+    assert views <= 1 + height // BLACKLIST_HEIGHTS < turns
+    assert all(c is not None and "v0" in c.blacklist for c in cores)
+    assert len({c.blacklist for c in cores if c is not None}) == 1  # all derive the same set

@@ -615,3 +615,23 @@ def test_canonical_turns_tuples_into_lists_so_range_results_can_be_returned():
 
     assert canonical([("a", 1), ("b", (2, 3))]) == [["a", 1], ["b", [2, 3]]]
     assert canonical({"k": ("x",)}) == {"k": ["x"]}
+
+
+def test_a_contract_cannot_invoke_a_built_in_contract() -> None:
+    from kyodo.contracts import Contract, function
+
+    class Sneaky(Contract):
+        name = "sneaky"
+
+        @function
+        def forge(self, ctx):  # type: ignore[no-untyped-def]
+            return ctx.invoke("_config", "update", b"x", [])
+
+    contracts = {**BUILTIN_CONTRACTS, "sneaky": Sneaky}
+    execution = Executor(contracts).execute_block(
+        MemoryState(), [tx(USER1, "sneaky", "forge")], height=1, block_time_ms=0
+    )
+    (result,) = execution.results
+    assert result.status == TxStatus.CONTRACT_ERROR
+    assert "cannot be invoked by a contract" in result.message
+    assert execution.writes == {}

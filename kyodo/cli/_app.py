@@ -196,7 +196,7 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
         Panel.fit(
             table,
             title=f"Kyodo network {net.chain_id} is up "
-            f"({len(net.orgs)} orgs, {len(net.nodes)} validators, ready in {elapsed:.1f} s)",
+            f"({len(net.orgs)} orgs, {len(net.nodes)} nodes, ready in {elapsed:.1f} s)",
             subtitle=str(net.folder),
         )
     )
@@ -224,6 +224,13 @@ def network_down(
 @network_app.command("add-validator")
 def network_add_validator(
     org: Annotated[str, typer.Option("--org", help="Its organization (new: it joins).")],
+    allow_fragile_topology: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fragile-topology",
+            help="Accept a validator set in which losing one organization halts the network.",
+        ),
+    ] = False,
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for it to be ready.")] = 60.0,
 ) -> None:
@@ -233,7 +240,11 @@ def network_add_validator(
         net = LocalNetwork(folder)
         with _progress() as progress:
             task = progress.add_task("adding a validator", total=None)
-            entry = net.add_validator(org, lambda m: progress.update(task, description=m))
+            entry = net.add_validator(
+                org,
+                lambda m: progress.update(task, description=m),
+                allow_fragile_topology=allow_fragile_topology,
+            )
             _wait_ready(net, [entry], timeout, progress)
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")

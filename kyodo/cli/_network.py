@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -357,6 +358,9 @@ class LocalNetwork:
             pid = int((node.home / "node.pid").read_text())
         except (OSError, ValueError):
             return None
+        child = self._children.get(pid)
+        if child is not None:  # ours: /proc may still show the parent's command line
+            return pid if child.poll() is None else None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -434,7 +438,9 @@ class LocalNetwork:
         with self.gateway(via_org, "admin") as gw:
             return gw.contract("_config").submit_transaction("update", raw, approvals)
 
-    def add_validator(self, org: str, progress: Progress) -> NodeEntry:
+    def add_validator(
+        self, org: str, progress: Progress, *, allow_fragile_topology: bool = False
+    ) -> NodeEntry:
         """A new validator node of ``org`` (a new organization if it does not exist yet),
         admitted by a configuration change; its process is started."""
         via = self.orgs[0]
@@ -490,9 +496,16 @@ class LocalNetwork:
             nodes=(*current.nodes, info),
             epoch=current.epoch + 1,
             created_ms=int(now.timestamp() * 1000),
+            allow_fragile_topology=current.allow_fragile_topology or allow_fragile_topology,
         )
         progress(f"configuration epoch {new.epoch}: approvals and ordering")
-        self.propose_config(new, current=current, via_org=via)
+        try:
+            self.propose_config(new, current=current, via_org=via)
+        except KyodoError:  # refused: leave nothing behind that the network does not know
+            shutil.rmtree(home, ignore_errors=True)
+            if joining:
+                shutil.rmtree(self.folder / "orgs" / org, ignore_errors=True)
+            raise
         entry = NodeEntry(
             node_id=node_id,
             org_id=org,

@@ -16,6 +16,7 @@ from kyodo.consensus._api import (
     SyncResponse,
 )
 from kyodo.consensus._bft import (
+    BLACKLIST_HEIGHTS,
     Bft,
     BftAction,
     BftParams,
@@ -42,6 +43,7 @@ from kyodo.consensus._bft_messages import (
 from kyodo.consensus._single_leader import SingleLeader, SingleLeaderLimits
 
 __all__ = [
+    "BLACKLIST_HEIGHTS",
     "Action",
     "AppendCertified",
     "AppendPeerBlock",

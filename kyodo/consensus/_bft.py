@@ -54,8 +54,9 @@ checks are injected. The simulator runs this same code.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from kyodo.codec import DecodeError, decode_record, encode
@@ -85,9 +86,17 @@ from kyodo.consensus._bft_messages import (
     WalState,
     prepare_message,
 )
-from kyodo.ledger import Block, CommitSignature, TxEnvelope, commit_message, quorum_size
+from kyodo.ledger import (
+    Block,
+    BlockHeader,
+    CommitSignature,
+    TxEnvelope,
+    commit_message,
+    quorum_size,
+)
 
 __all__ = [
+    "BLACKLIST_HEIGHTS",
     "Bft",
     "BftAction",
     "BftParams",
@@ -100,6 +109,8 @@ BftAction = Action | BuildProposal | VerifyProposal | AppendCertified | PersistW
 """What the BFT core asks its shell to do (the shell answers with ``on_*`` events)."""
 
 _REFORWARD_MAX = 2_000
+BLACKLIST_HEIGHTS = 100
+"""A leader that forced a view change is passed over for this many heights."""
 _FUTURE_MAX = 4_096
 
 
@@ -205,7 +216,11 @@ class Bft:
         verify_certified: Callable[[Block], bool],
         wal: WalState | None = None,
         now_ms: int = 0,
+        recent: Sequence[BlockHeader] = (),
     ) -> None:
+        """``recent``: the headers of the last blocks up to ``tip`` (oldest first, at least
+        ``BLACKLIST_HEIGHTS`` of them when the chain is that long), from which the leader
+        blacklist is derived the same way on every node."""
         assert len(set(validators)) == len(validators) and validators
         self.node_id = node_id
         self.observer = node_id not in validators
@@ -218,6 +233,11 @@ class Bft:
         self._verify_signature = verify_signature
         self._verify_certified = verify_certified
         self.tip = tip
+        self._recent: deque[tuple[int, int, str]] = deque(maxlen=BLACKLIST_HEIGHTS + 1)
+        for header in (*recent, tip.header):
+            if not self._recent or header.height > self._recent[-1][0]:
+                self._recent.append((header.height, header.view, header.proposer))
+        self._blacklist = self._compute_blacklist()
         self.view = 0
         self.in_view_change = False
         self.round = _Round()
@@ -260,13 +280,52 @@ class Bft:
         and sends its NewView)."""
         return self.validators[view % len(self.validators)]
 
+    def _rotation(self, view: int, height: int) -> int:
+        per_leader = self.params.decisions_per_leader
+        turn = height // per_leader if per_leader > 0 else 0
+        return (view + turn) % len(self.validators)
+
     def proposer_of(self, view: int, height: int) -> str:
         """The validator that proposes block ``height`` in ``view``: leadership rotates
         every ``decisions_per_leader`` heights (0: no rotation), so no single leader
-        orders for long, even when nothing forces a view change."""
-        per_leader = self.params.decisions_per_leader
-        turn = height // per_leader if per_leader > 0 else 0
-        return self.validators[(view + turn) % len(self.validators)]
+        orders for long even when nothing forces a view change, and passes over
+        blacklisted validators (at most f: someone is always left)."""
+        start = self._rotation(view, height)
+        n = len(self.validators)
+        for step in range(n):
+            candidate = self.validators[(start + step) % n]
+            if candidate not in self._blacklist:
+                return candidate
+        raise AssertionError("the blacklist holds at most f < n validators")
+
+    @property
+    def blacklist(self) -> frozenset[str]:
+        """Validators currently passed over as proposers (see _compute_blacklist)."""
+        return self._blacklist
+
+    def _compute_blacklist(self) -> frozenset[str]:
+        """Leaders that forced view changes recently, from the chain alone.
+
+        Where consecutive blocks' views jump from a to b, the validators that should
+        have proposed in views a..b-1 at that height (by rotation alone) and did not are
+        recorded at that height. Entries older than ``BLACKLIST_HEIGHTS`` blocks expire;
+        the most recent f distinct current validators are kept. Every node at the same
+        tip computes the same set, so all agree on the proposer.
+        """
+        entries: list[tuple[int, str]] = []
+        for (_, v0, _), (h1, v1, p1) in itertools.pairwise(self._recent):
+            for view in range(v0, min(v1, v0 + len(self.validators))):
+                skipped = self.validators[self._rotation(view, h1)]
+                if skipped != p1:
+                    entries.append((h1, skipped))
+        horizon = self.height + 1 - BLACKLIST_HEIGHTS
+        chosen: list[str] = []
+        for recorded, node in reversed(entries):
+            if recorded > horizon and node not in chosen and node in self.validators:
+                chosen.append(node)
+            if len(chosen) >= self.f:
+                break
+        return frozenset(chosen)
 
     def leader(self) -> str:
         """The validator proposing the next block in the current view."""
@@ -281,6 +340,8 @@ class Bft:
         next height and what it knows of peers' heights."""
         self._future = list(previous._future)
         self._peer_heights = dict(previous._peer_heights)
+        self._recent = deque(previous._recent, maxlen=BLACKLIST_HEIGHTS + 1)
+        self._blacklist = self._compute_blacklist()
         self._highest_seen = previous._highest_seen
 
     def pending_requests(self) -> list[tuple[TxEnvelope, bytes, int | None]]:
@@ -464,6 +525,9 @@ class Bft:
         assert block.header.height == self.height + 1, "blocks are appended in order"
         proposer_before = self.leader()
         self.tip = block
+        header = block.header
+        self._recent.append((header.height, header.view, header.proposer))
+        self._blacklist = self._compute_blacklist()
         self.round = _Round()
         self._syncing_block = False
         for envelope in block.txs:
@@ -524,7 +588,7 @@ class Bft:
             batch.append(entry.envelope)
             total += size
         self._building = True
-        return [BuildProposal(self.height + 1, tuple(batch))]
+        return [BuildProposal(self.height + 1, tuple(batch), self.view)]
 
     def _on_pre_prepare(self, sender: str, msg: PrePrepare, now_ms: int) -> list[BftAction]:
         if msg.view > self.view:
@@ -534,6 +598,8 @@ class Bft:
         self._last_leader_ms = now_ms
         if msg.height != self.height + 1 or msg.block.header.height != msg.height:
             return self._note_ahead(sender, msg.height - 1, now_ms)
+        if msg.block.header.view != msg.view or msg.block.header.proposer != sender:
+            return self._complain(now_ms)  # a proposal must say who made it, and when
         if self.round.reproposal is not None:
             return []  # this view must order the NewView's block at this height
         block_hash = msg.block.block_hash()

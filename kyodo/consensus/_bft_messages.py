@@ -165,6 +165,8 @@ class BuildProposal:
 
     height: int
     txs: tuple[object, ...]
+    view: int = 0
+    """The view the proposal is made in (recorded in the block header)."""
 
 
 @dataclass(frozen=True, slots=True)

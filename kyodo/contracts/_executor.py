@@ -71,6 +71,8 @@ class Executor:
     ) -> Any:
         if depth > MAX_INVOKE_DEPTH:
             raise ContractError("contract invocations nested too deeply")
+        if depth > 0 and contract.startswith("_"):
+            raise ContractError(f"built-in contract {contract!r} cannot be invoked by a contract")
         spec = self._spec(contract, function)
         spec.check_args(args)
 

@@ -3,7 +3,8 @@
 Walks every block from genesis to the tip and checks, for each: it decodes
 at its height, links to its parent by hash, its transactions and results
 match the header's roots, its certificate holds commit signatures of a
-quorum (q of n) of the validators configured at genesis, every transaction's
+quorum (q of n) of the validators in force at its height (followed from
+genesis through every configuration block), every transaction's
 signature and creator verify, and the
 transaction index points back at it. Then it checks that the stored tip and
 state root match the tip block, that every state-tree node reachable from

@@ -56,7 +56,7 @@ Height = NewType("Height", int)
 GENESIS_HEIGHT = Height(0)
 
 
-@record(20)
+@record(20, version=2)  # 2: view
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlockHeader:
     """What a block's hash commits to."""
@@ -79,6 +79,9 @@ class BlockHeader:
     """Configuration epoch the block was ordered under (validator set version)."""
     config_hash: bytes
     """SHA-256 of the canonical :class:`NetworkConfig` the block carries, or 32 zero bytes."""
+    view: int = 0
+    """The consensus view the block was proposed in (never lower than its parent's): the
+    chain's record of leader changes, from which every node derives the same blacklist."""
 
     def block_hash(self) -> bytes:
         """SHA-256 of the header's canonical encoding: the block's identity."""
@@ -144,7 +147,7 @@ class NodeInfo:
     p2p_port: int
     gateway_port: int
     validator: bool
-    """Whether the node votes (all nodes do, in this version)."""
+    """Whether the node votes; a configured non-validator follows as an observer."""
 
 
 @record(32)

@@ -204,6 +204,12 @@ def verify_link(header: BlockHeader, parent: BlockHeader) -> None:
             height=header.height,
             reason="prev_hash",
         )
+    if header.view < parent.view:
+        raise BlockVerificationError(
+            f"view {header.view} is lower than the parent's {parent.view}",
+            height=header.height,
+            reason="view",
+        )
     if header.timestamp_ms < parent.timestamp_ms:
         raise BlockVerificationError(
             "timestamp earlier than the parent's", height=header.height, reason="timestamp"

@@ -16,6 +16,7 @@ class NodeMetrics:
         self.height = Gauge("kyodo_block_height", "Height of the last appended block", registry=r)
         self.peers = Gauge("kyodo_peers_connected", "Peers with an open stream", registry=r)
         self.view = Gauge("kyodo_consensus_view", "Current consensus view", registry=r)
+        self.pool = Gauge("kyodo_request_pool", "Requests waiting to be ordered", registry=r)
         self.view_changes = Counter(
             "kyodo_view_changes", "View changes this node started or joined", registry=r
         )

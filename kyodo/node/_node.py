@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 import kyodo
 from kyodo.codec import DecodeError, decode, decode_record, encode
 from kyodo.consensus import (
+    BLACKLIST_HEIGHTS,
     AppendCertified,
     AppendPeerBlock,
     Bft,
@@ -159,6 +160,8 @@ class Node:
         self.consensus: Bft
         self._wal_thread = ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._prepared: dict[bytes, PreparedState] = {}
+        self._startup_recent: list[BlockHeader] = []
+        """Headers before the tip at start, for the core's leader blacklist."""
         self._view_seen: tuple[int, bool] = (0, False)
         """State changes of proposals verified on the current tip, by block hash (ledger
         thread); the certified one is appended without executing it again."""
@@ -382,6 +385,7 @@ class Node:
             await asyncio.sleep(self.cfg.tick_ms / 1000)
             self._apply(self.consensus.on_tick(now_ms()))
             self.metrics.peers.set(len(self.p2p.connected()))
+            self.metrics.pool.set(self.consensus.pending_count())
 
     async def _in_ledger(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._ledger_thread, fn, *args)
@@ -400,6 +404,11 @@ class Node:
         """The BFT core, resumed from this node's write-ahead log (ledger thread)."""
         tip = self.store.get_block(self._tip_header.height)
         assert tip is not None
+        self._startup_recent = [
+            header
+            for h in range(max(0, tip.header.height - BLACKLIST_HEIGHTS), tip.header.height)
+            if (header := self.store.get_header(h)) is not None
+        ]
         raw = self.store.load_consensus_wal()
         wal = None
         if raw is not None:
@@ -427,6 +436,7 @@ class Node:
             verify_certified=self._is_certified,
             wal=wal,
             now_ms=now_ms(),
+            recent=self._startup_recent,
         )
 
     def _switch_epoch(self, block: Block) -> None:
@@ -452,7 +462,10 @@ class Node:
         self.consensus = self._new_core(block, wal)
         self.consensus.adopt_transient(old)
         actions: list[BftAction] = []
+        ordered = {envelope.tx_id() for envelope in block.txs}  # the change itself is done
         for envelope, tx_id, expires in old.pending_requests():
+            if tx_id in ordered:
+                continue
             if not self.consensus.contains(tx_id) and not self.consensus.is_pool_full():
                 actions += self.consensus.on_request(envelope, tx_id, now_ms(), expires_ms=expires)
         self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
@@ -550,7 +563,7 @@ class Node:
     async def _build(self, action: BuildProposal) -> None:
         try:
             txs = tuple(t for t in action.txs if isinstance(t, TxEnvelope))
-            block, dropped = await self._in_ledger(self._build_block, txs, now_ms())
+            block, dropped = await self._in_ledger(self._build_block, txs, now_ms(), action.view)
         except Exception as exc:  # building from checked requests cannot fail: a bug
             self._halt("block_build_failed", exc)
             return
@@ -583,7 +596,10 @@ class Node:
         except Exception as exc:  # anything but a verification verdict is a bug
             self._halt("block_append_failed", exc)
             return
-        self._on_appended(block)
+        try:
+            self._on_appended(block)
+        except Exception as exc:  # e.g. no key matches a rotated certificate: stop cleanly
+            self._halt("after_append_failed", exc)
 
     def _note_rejected(self, block: Block, sender: str, exc: Exception) -> None:
         reason = getattr(exc, "reason", "invalid")
@@ -666,6 +682,7 @@ class Node:
         self,
         txs: tuple[TxEnvelope, ...],
         now: int,
+        view: int,
     ) -> tuple[Block | None, list[bytes]]:
         """Execute a batch on the tip and build the proposal (not appended; its state
         change is kept until the block is certified)."""
@@ -707,6 +724,7 @@ class Node:
             proposer=self.cfg.node_id,
             epoch=self._view_at(height + 1).config.epoch,
             config_hash=ZERO_HASH if new_config is None else sha256(encode(new_config)),
+            view=view,
         )
         block = Block(
             header=header,

@@ -142,3 +142,28 @@ def test_a_validator_key_is_rotated_while_running_and_survives_a_restart(network
     wait_converged(network)
     for node in network.nodes:
         assert kyodo("verify", node.node_id, "--json", folder=network.folder).returncode == 0
+
+
+def test_a_change_submitted_through_a_follower_leaves_its_pool(network):
+    """The change is ordered in a configuration block; the follower whose gateway took
+    it must drop it then, not hold it (and complain about it) until it expires."""
+    from tests.integration.test_bad_input import metric
+
+    wait_converged(network)
+    follower = next(n for n in network.nodes if node_status(network, n).role == "follower")
+    current = network.current_config()
+    new = replace(
+        current, epoch=current.epoch + 1, consensus=replace(current.consensus, max_batch_txs=400)
+    )
+    network.propose_config(new, current=current, via_org=follower.org_id)
+    wait_until(
+        lambda: network.current_config(follower.org_id).epoch == new.epoch,
+        timeout_s=10,
+        what="the change in force at the follower",
+    )
+    assert network.current_config(follower.org_id).consensus.max_batch_txs == 400
+    wait_until(
+        lambda: metric(follower, "kyodo_request_pool") == 0,
+        timeout_s=10,
+        what="the follower's pool to drop the ordered change",
+    )
