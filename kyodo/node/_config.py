@@ -8,6 +8,8 @@ key passphrase is named by a source (``file:PATH``, ``env:VAR`` or
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,8 +49,19 @@ class NodeConfig:
         return cls(**json.loads((home / "node.json").read_text()))
 
     def save(self, home: Path) -> None:
-        """Write ``home/node.json``."""
-        (home / "node.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Write ``home/node.json`` atomically: a running node may read it at any moment
+        (a key rotation), and must never see half a file."""
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".node.json.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(asdict(self), indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, home / "node.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def resolve(self, home: Path, relative: str) -> Path:
         """A configured path, relative to ``home``."""
