@@ -71,7 +71,7 @@ def _status_of(net: LocalNetwork, node: NodeEntry) -> dict[str, Any]:
         "org": node.org_id,
         "pid": net.pid(node),
         "gateway": node.gateway,
-        "metrics": f"127.0.0.1:{node.metrics_port}",
+        "metrics": f"{node.gateway.rsplit(':', 1)[0]}:{node.metrics_port}",
         "role": None,
         "height": None,
         "tip_hash": None,
@@ -132,6 +132,14 @@ def network_up(
             help="Accept a validator set in which losing one organization halts the network.",
         ),
     ] = False,
+    distinct_hosts: Annotated[
+        bool,
+        typer.Option(
+            "--distinct-hosts",
+            help="Give each node its own loopback address (127.0.0.11, .12, ...), so "
+            "traffic between nodes can be cut selectively (partition drills).",
+        ),
+    ] = False,
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
 ) -> None:
@@ -146,6 +154,7 @@ def network_up(
                     orgs=orgs,
                     validators_per_org=validators_per_org,
                     allow_fragile_topology=allow_fragile_topology,
+                    distinct_hosts=distinct_hosts,
                     progress=lambda m: progress.update(task, description=m),
                 )
                 progress.update(task, description="keys, certificates and genesis ready")
@@ -180,7 +189,10 @@ def _banner(net: LocalNetwork, elapsed: float) -> None:
         table.add_column(column)
     for node in net.nodes:
         table.add_row(
-            node.node_id, node.org_id, node.gateway, f"http://127.0.0.1:{node.metrics_port}/metrics"
+            node.node_id,
+            node.org_id,
+            node.gateway,
+            f"http://{node.gateway.rsplit(':', 1)[0]}:{node.metrics_port}/metrics",
         )
     d = f" --dir {net.folder}" if net.folder != DEFAULT_DIR.resolve() else ""
     k = _command_name()

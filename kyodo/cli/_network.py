@@ -112,15 +112,17 @@ def _issue_member(
     passphrase: bytes,
     salt: bytes,
     now: datetime,
+    hosts: tuple[str, ...] = (),
 ) -> tuple[bytes, bytes]:
-    """Keys and certificates of one member in ``folder``; returns (signing PEM, TLS PEM)."""
+    """Keys and certificates of one member in ``folder``; returns (signing PEM, TLS PEM).
+    The TLS certificate names localhost, 127.0.0.1 and ``hosts``."""
     signing = ed25519.Ed25519PrivateKey.generate()
     tls = ec.generate_private_key(ec.SECP256R1())
     signing_pem = ca.issue_signing_cert(
         name=name, role=role, public_key=signing.public_key(), now=now
     )
     tls_pem = ca.issue_tls_cert(
-        name=name, role=role, public_key=tls.public_key(), now=now, hosts=("localhost", "127.0.0.1")
+        name=name, role=role, public_key=tls.public_key(), now=now, hosts=hosts
     )
     folder.mkdir(parents=True, exist_ok=True)
     save_private_key(folder / "signing.key", signing, passphrase, salt=salt)
@@ -139,6 +141,7 @@ def create_network(
     max_batch_txs: int = 500,
     validators_per_org: int = 1,
     allow_fragile_topology: bool = False,
+    distinct_hosts: bool = False,
 ) -> LocalNetwork:
     """Generate a network of ``orgs`` organizations with ``validators_per_org`` validator
     nodes each. A topology in which one organization holds more than f votes is refused
@@ -167,15 +170,23 @@ def create_network(
         org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.cert_pem))
         for j in range(validators_per_org):
             node_id = f"{org_id}-node{j}"
+            host = f"127.0.0.{10 + len(nodes) + 1}" if distinct_hosts else "127.0.0.1"
             home = folder / "nodes" / node_id
             signing_pem, tls_pem = _issue_member(
-                ca, home, name=node_id, role=Role.NODE, passphrase=passphrase, salt=salt, now=now
+                ca,
+                home,
+                name=node_id,
+                role=Role.NODE,
+                passphrase=passphrase,
+                salt=salt,
+                now=now,
+                hosts=(host,) if distinct_hosts else (),
             )
             p2p, gateway, metrics = next(ports), next(ports), next(ports)
             NodeConfig(
                 node_id=node_id,
                 org_id=org_id,
-                listen_host="127.0.0.1",
+                listen_host=host,
                 p2p_port=p2p,
                 gateway_port=gateway,
                 metrics_port=metrics,
@@ -188,7 +199,7 @@ def create_network(
                     org_id=org_id,
                     signing_cert=_der(signing_pem),
                     tls_cert_pem=tls_pem,
-                    host="127.0.0.1",
+                    host=host,
                     p2p_port=p2p,
                     gateway_port=gateway,
                     validator=True,
@@ -199,7 +210,7 @@ def create_network(
                     "node_id": node_id,
                     "org_id": org_id,
                     "home": f"nodes/{node_id}",
-                    "gateway": f"127.0.0.1:{gateway}",
+                    "gateway": f"{host}:{gateway}",
                     "p2p_port": p2p,
                     "metrics_port": metrics,
                 }

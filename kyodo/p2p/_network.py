@@ -207,7 +207,11 @@ class PeerNetwork:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(
-                        peer.host, peer.port, ssl=self._client_ssl, server_hostname=peer.host
+                        peer.host,
+                        peer.port,
+                        ssl=self._client_ssl,
+                        server_hostname=peer.host,
+                        local_addr=(self._listen[0], 0),  # from our own address
                     ),
                     timeout=5,
                 )

@@ -56,9 +56,9 @@ def wait_converged(net: LocalNetwork, *, timeout_s: float = 30.0) -> Any:
     return wait_until(converged, timeout_s=timeout_s, what="all nodes at the same tip")
 
 
-def start_network(folder: Path, orgs: int = 4) -> LocalNetwork:
+def start_network(folder: Path, orgs: int = 4, **options: Any) -> LocalNetwork:
     """Create and start a network; wait until every node is healthy."""
-    net = create_network(folder, orgs=orgs, progress=lambda _m: None)
+    net = create_network(folder, orgs=orgs, progress=lambda _m: None, **options)
     for node in net.nodes:
         net.start(node)
     wait_until(
