@@ -6,10 +6,16 @@ fault happens before the run's heal time; at the heal the simulation also
 restores a clean network, removes any partition and restarts every node
 still down, whatever the plan says.
 
+A crash is either immediate (:class:`Crash`) or placed at the one point the
+write-ahead log exists for (:class:`CrashAfterWal`): right after a WAL
+record became durable, before any of the actions it held back (the votes it
+justifies) left the node.
+
 The random plan mixes, per seed: a lossy/duplicating/slow network, up to a
 few partitions (one at a time, each healed), and up to a few crashes of
-random nodes (the leader included) with restarts, sometimes a crash of every
-node at once. Restarted nodes keep their ledger (it is durable).
+random nodes (the leader included; about half of them after a WAL write)
+with restarts, sometimes a crash of every node at once. Restarted nodes keep
+their ledger and their WAL (both are durable).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from kyodo.testing._network import NetworkProfile
 
 __all__ = [
     "Crash",
+    "CrashAfterWal",
     "Fault",
     "FaultPlan",
     "HealPartition",
@@ -33,6 +40,19 @@ __all__ = [
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Crash:
     """Node ``node`` stops at ``at_ms``, losing everything but its ledger."""
+
+    at_ms: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrashAfterWal:
+    """Node ``node`` stops right after its first WAL write that becomes durable at or
+    after ``at_ms``, before the actions that write held back are carried out.
+
+    Nothing happens if the node is down at ``at_ms`` or writes nothing before its
+    next restart (or the heal).
+    """
 
     at_ms: int
     node: str
@@ -64,7 +84,7 @@ class HealPartition:
     at_ms: int
 
 
-Fault = Crash | Restart | Partition | HealPartition
+Fault = Crash | CrashAfterWal | Restart | Partition | HealPartition
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +101,7 @@ _DELAYS_MS = (5, 20, 50, 200)
 _DROPS = (0.0, 0.0, 0.02, 0.1, 0.3)
 _DUPLICATES = (0.0, 0.05, 0.2)
 _ALL_CRASH_CHANCE = 0.1
+_AFTER_WAL_CHANCE = 0.5
 
 
 def draw_fault_plan(
@@ -128,8 +149,8 @@ def _draw_partitions(
 def _draw_crashes(
     rng: random.Random, node_ids: tuple[str, ...], heal_at_ms: int, count: int
 ) -> list[Fault]:
-    """Up to ``count`` crash-restart pairs (never overlapping on one node), sometimes
-    a crash of every node at once."""
+    """Up to ``count`` crash-restart pairs (never overlapping on one node; about half
+    of them right after a WAL write), sometimes a crash of every node at once."""
     faults: list[Fault] = []
     down: dict[str, list[tuple[int, int]]] = {n: [] for n in node_ids}
     if rng.random() < _ALL_CRASH_CHANCE:
@@ -145,5 +166,10 @@ def _draw_crashes(
         if any(at <= end and start <= back for start, end in down[node]):
             continue
         down[node].append((at, back))
-        faults.extend((Crash(at_ms=at, node=node), Restart(at_ms=back, node=node)))
+        crash: Fault = (
+            CrashAfterWal(at_ms=at, node=node)
+            if rng.random() < _AFTER_WAL_CHANCE
+            else Crash(at_ms=at, node=node)
+        )
+        faults.extend((crash, Restart(at_ms=back, node=node)))
     return faults

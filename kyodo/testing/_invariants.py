@@ -9,10 +9,16 @@ and keeps its own record of what every node stored.
 * **Validity**: every stored transaction was submitted by a client, and
   appears at most once in a node's chain.
 * **Integrity**: every stored block is at the next height, links to its
-  parent by hash, is consistent with its own roots, and carries exactly one
-  valid certificate, by its proposer, the leader.
+  parent by hash, records a view no lower than its parent's, is consistent
+  with its own roots, was proposed by a validator, and carries valid commit
+  signatures by at least q distinct validators.
+* **Non-equivocation** (read on the wire, across crashes and restarts): no
+  honest validator ever sends two Prepares, or two Commits, for different
+  blocks at the same view and height. The write-ahead log is what keeps
+  this true when a validator restarts between voting and remembering.
 * **Liveness**: after the heal, with every node running, every submitted
-  transaction is final on every node before the run's deadline.
+  transaction is final on every node before the run's deadline (a
+  transaction a gateway refused as expired is exempt, unless it was ordered).
 * **Durability of answers**: a transaction a client was told is final ends
   at that same height and position on every node.
 
@@ -22,13 +28,15 @@ virtual time, the last trace lines and how to replay the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NoReturn
 
+from kyodo.codec import DecodeError
+from kyodo.consensus import Commit, Prepare, compute_quorum
 from kyodo.ledger import Block, BlockVerificationError, verify_block_contents
-from kyodo.testing._fake import is_sim_mac_valid
+from kyodo.testing._fake import count_commit_signers
 from kyodo.testing._scheduler import Scheduler
-from kyodo.testing._shell import TxFinal
+from kyodo.testing._shell import TxFinal, decode_frame
 
 __all__ = ["InvariantChecker", "InvariantViolation"]
 
@@ -38,7 +46,8 @@ class InvariantViolation(Exception):
 
     Attributes:
         invariant: which property (``agreement``, ``validity``, ``integrity``,
-            ``liveness``, ``durability``, ``halt`` for a broken internal assertion).
+            ``non-equivocation``, ``liveness``, ``durability``, ``halt`` for a
+            broken internal assertion).
         detail: what was observed.
         seed: the seed of the run; with the same options it replays the run exactly.
         time_ms: virtual time of the finding.
@@ -71,9 +80,19 @@ class InvariantViolation(Exception):
 class InvariantChecker:
     """Checks the properties of one run (see module docstring)."""
 
-    def __init__(self, *, seed: int, leader: str, scheduler: Scheduler, replay: str) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        validators: tuple[str, ...],
+        honest: Collection[str],
+        scheduler: Scheduler,
+        replay: str,
+    ) -> None:
         self._seed = seed
-        self._leader = leader
+        self._validators = validators
+        self._quorum, _ = compute_quorum(len(validators))
+        self._honest = frozenset(honest)
         self._scheduler = scheduler
         self._replay = replay
         self._submitted: set[bytes] = set()
@@ -84,8 +103,12 @@ class InvariantChecker:
         self._node_height: dict[str, int] = {}
         self._node_tip: dict[str, tuple[Block, bytes]] = {}
         """Per node, the last block checked there and the hash the checker computed."""
+        self._votes: dict[tuple[str, str, int, int], bytes] = {}
+        """(sender, kind, view, height) to the block hash an honest validator voted for."""
         self.blocks_checked = 0
         """Stored blocks checked so far."""
+        self.votes_checked = 0
+        """Honest Prepares and Commits read on the wire so far."""
 
     def fail(self, invariant: str, detail: str) -> NoReturn:
         """Raise the violation of ``invariant``."""
@@ -134,10 +157,20 @@ class InvariantChecker:
                 f"{where}: prev_hash {header.prev_hash.hex()[:16]} is not the hash of its "
                 f"parent {parent_hash.hex()[:16]}",
             )
-        if header.proposer != self._leader:
-            self.fail("integrity", f"{where}: proposed by {header.proposer}, not the leader")
-        if not is_sim_mac_valid(block, block_hash):
-            self.fail("integrity", f"{where}: certificate is not the proposer's valid MAC")
+        if header.view < parent.header.view:
+            self.fail(
+                "integrity",
+                f"{where}: view {header.view} lower than its parent's {parent.header.view}",
+            )
+        if header.proposer not in self._validators:
+            self.fail("integrity", f"{where}: proposed by {header.proposer}, not a validator")
+        signers = count_commit_signers(block, self._validators, block_hash)
+        if signers < self._quorum:
+            self.fail(
+                "integrity",
+                f"{where}: certificate has {signers} valid commit signatures, "
+                f"{self._quorum} required",
+            )
         try:
             verify_block_contents(block)
         except BlockVerificationError as exc:
@@ -179,16 +212,44 @@ class InvariantChecker:
                 )
             txs[tx_id] = height
 
+    # -- on the wire -----------------------------------------------------------------
+
+    def on_wire(self, sender: str, raw: bytes, kind: str) -> None:
+        """A message ``sender`` handed to the network (the network's tap)."""
+        if sender not in self._honest or not kind.startswith(("Prepare ", "Commit ")):
+            return
+        try:
+            vote = decode_frame(raw)
+        except DecodeError:
+            self.fail("non-equivocation", f"{sender} sent an undecodable {kind}")
+        if not isinstance(vote, Prepare | Commit):
+            return
+        self.votes_checked += 1
+        name = type(vote).__name__
+        key = (sender, name, vote.view, vote.height)
+        first = self._votes.setdefault(key, vote.block_hash)
+        if first != vote.block_hash:
+            self.fail(
+                "non-equivocation",
+                f"honest {sender} sent {name} for {vote.block_hash.hex()[:16]} at view "
+                f"{vote.view}, height {vote.height}, after {name} for {first.hex()[:16]}",
+            )
+
     # -- at the end ------------------------------------------------------------------
 
-    def check_liveness(self, tx_locations: Mapping[str, Mapping[bytes, object]]) -> None:
-        """Every submitted transaction is stored on every node."""
+    def check_liveness(
+        self, tx_locations: Mapping[str, Mapping[bytes, object]], exempt: Collection[bytes] = ()
+    ) -> None:
+        """Every submitted transaction is stored on every node (``exempt``: refused as
+        expired and stored nowhere)."""
+        ordered = {t for stored in tx_locations.values() for t in stored}
+        required = {t for t in self._submitted if t not in exempt or t in ordered}
         for node_id, stored in tx_locations.items():
-            missing = sorted(t for t in self._submitted if t not in stored)
+            missing = sorted(t for t in required if t not in stored)
             if missing:
                 self.fail(
                     "liveness",
-                    f"{len(missing)} of {len(self._submitted)} submitted txs not final on "
+                    f"{len(missing)} of {len(required)} submitted txs not final on "
                     f"{node_id} by the deadline (first {missing[0].hex()[:16]})",
                 )
 

@@ -20,12 +20,22 @@ calls ``on_connected`` on both sides.
 
 Partitions assign nodes to groups; two nodes can talk only when they are in
 the same group. Nodes left out of every group form one further group.
+
+Two hooks serve the checks:
+
+* the *tap* sees every message a node hands to the network, once per
+  ``send`` or ``broadcast`` and before any loss: what was said on the wire,
+  whether or not it arrived (the invariant checker reads votes there);
+* a frame may be sent ``as_sender`` another identity: it travels over the
+  real sender's connections but arrives labelled with the claimed sender
+  (a Byzantine node posing as a non-validator; the receiving shell must
+  refuse it).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,6 +120,8 @@ class SimNetwork:
         self._sent_seq: dict[tuple[str, str], int] = {}
         self._delivered_seq: dict[tuple[str, str], int] = {}
         """Per (sender, receiver), numbers of the last sent and latest delivered message."""
+        self.tap: Callable[[str, bytes, str], None] | None = None
+        """Called with (sender, raw, kind) for every message handed to the network."""
 
     def attach(self, nodes: Mapping[str, Endpoint]) -> None:
         """Make the nodes reachable through this network."""
@@ -160,8 +172,28 @@ class SimNetwork:
 
     # -- transport -------------------------------------------------------------------
 
-    def send(self, sender: str, to: str, raw: bytes, kind: str) -> None:
-        """Carry ``raw`` (a message of type ``kind``) from ``sender`` to ``to``."""
+    def send(
+        self, sender: str, to: str, raw: bytes, kind: str, *, as_sender: str | None = None
+    ) -> None:
+        """Carry ``raw`` (a message of type ``kind``) from ``sender`` to ``to``.
+
+        ``as_sender``: the identity the receiver sees (default: ``sender``).
+        """
+        if self.tap is not None:
+            self.tap(sender, raw, kind)
+        self._transmit(sender, to, raw, kind, as_sender or sender)
+
+    def broadcast(self, sender: str, raw: bytes, kind: str) -> None:
+        """Send ``raw`` to every other node (encoded once, as the real p2p layer does)."""
+        if self.tap is not None:
+            self.tap(sender, raw, kind)
+        for to in self._nodes:
+            if to != sender:
+                self._transmit(sender, to, raw, kind, sender)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _transmit(self, sender: str, to: str, raw: bytes, kind: str, label: str) -> None:
         assert sender != to, "a node does not message itself"
         self.stats.sent += 1
         if not self.is_connected(sender, to):
@@ -184,19 +216,13 @@ class SimNetwork:
             delay = rng.randint(profile.min_delay_ms, profile.max_delay_ms)
             self._scheduler.after(
                 delay,
-                f"recv {sender}>{to} {kind}",
-                lambda: self._deliver(sender, to, raw, generation, seq),
+                f"recv {label}>{to} {kind}",
+                lambda: self._deliver(sender, to, raw, generation, seq, label),
             )
 
-    def broadcast(self, sender: str, raw: bytes, kind: str) -> None:
-        """Send ``raw`` to every other node (encoded once, as the real p2p layer does)."""
-        for to in self._nodes:
-            if to != sender:
-                self.send(sender, to, raw, kind)
-
-    # -- internals -------------------------------------------------------------------
-
-    def _deliver(self, sender: str, to: str, raw: bytes, generation: int, seq: int) -> None:
+    def _deliver(
+        self, sender: str, to: str, raw: bytes, generation: int, seq: int, label: str
+    ) -> None:
         node = self._nodes[to]
         if self._generation.get(_pair(sender, to), 0) != generation or not self.is_connected(
             sender, to
@@ -210,7 +236,7 @@ class SimNetwork:
             self.stats.reordered += 1
         else:
             self._delivered_seq[(sender, to)] = seq
-        node.on_frame(sender, raw)
+        node.on_frame(label, raw)
 
     def _connected_pairs(self) -> set[tuple[str, str]]:
         ids = list(self._nodes)

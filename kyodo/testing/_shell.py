@@ -1,40 +1,70 @@
-"""The simulated node shell: the production consensus core in a deterministic body.
+"""The simulated node shell: the production BFT core in a deterministic body.
 
 Theory of operation
 -------------------
 :class:`SimNode` does with the core's actions what ``kyodo/node/_node.py``
 does, with virtual time, the simulated network and the fake application of
-:mod:`kyodo.testing._fake` instead of asyncio, TLS and the executor:
+:mod:`kyodo.testing._fake` instead of asyncio, TLS, RocksDB and the executor.
+Actions are carried out in order:
 
-* ``Send`` / ``Broadcast`` encode the message with the real codec and hand
-  the bytes to :class:`~kyodo.testing._network.SimNetwork`; a received frame
-  is decoded with the real codec before anything looks at it.
-* ``ProposeBlock`` and ``AppendPeerBlock`` are *ledger-thread jobs*: they
-  run one at a time, in order, each completing after a seeded delay. A job's
-  effect on the durable ledger happens at its completion; the outcome reaches
-  the consensus core a little later (the hop back to the event loop), so a
-  crash can fall between a block being stored and the core hearing of it.
-* ``RequestSync`` sends a ``SyncRequest``; ``SyncRequest`` and ``ForwardTx``
-  from peers are handled here, never by the core, after a seeded reader
-  delay (the real node reads the store on a reader pool).
-* Client submissions go through the same admission as the real gateway:
-  refused as a duplicate when recently admitted, pooled or already in a
-  block; then the SDK's idempotent retry asks for the status, which is
-  final when the transaction is in the local ledger and otherwise waits
-  (until ``wait_ms``) for the block holding it.
+* ``PersistWal`` goes to the node's *WAL thread*, a queue of writes that each
+  take a seeded delay. The actions after it are held back: they are carried
+  out only once the record is durable and the completion has hopped back to
+  the event loop. A crash in between leaves a durable record whose votes
+  never left (:class:`~kyodo.testing._faults.CrashAfterWal` aims at exactly
+  that point).
+* ``Send`` / ``Broadcast`` encode the message with the real codec and hand the
+  bytes to :class:`~kyodo.testing._network.SimNetwork`.
+* ``BuildProposal`` (its view goes into the block header), ``VerifyProposal``,
+  ``AppendCertified`` and ``AppendPeerBlock`` are *ledger-thread jobs*: they
+  run one at a time, in order, each completing after a seeded delay, on the
+  ledger's tip as it is when the job runs. Building and verifying never append. Appending stores
+  the block at the job's completion; the outcome reaches the core after the
+  hop back to the loop, so a crash can fall between a block being stored and
+  the core hearing of it. Outcomes: ``drop_requests`` then
+  ``on_proposal_built(block | None)``; ``on_proposal_verified(view, block,
+  ok)``; ``on_block_appended``; for a peer's block that does not verify,
+  ``on_block_rejected``. A certified block of our own that fails the checks
+  is a broken invariant (the real node halts): the run fails.
+* ``RequestSync`` sends a ``SyncRequest`` for at most 64 blocks.
 
-What survives a crash is the ledger: a list of real blocks (genesis at
-height 0) and the index of their transactions. Everything else (the core,
-the recently-admitted set, waiting clients, queued ledger jobs) is lost; on
-restart a new :class:`~kyodo.consensus.SingleLeader` starts at the stored tip.
+Incoming frames from a sender that is not a validator are refused before
+anything decodes them (a received frame is decoded once per distinct bytes:
+decoding is pure and yields frozen records). ``ForwardTx`` goes through
+admission, then
+``on_request(envelope, tx_id, now, expires_ms=created + max age)``;
+``SyncRequest`` is served from the ledger after a seeded reader delay; every
+other message is decoded with the real codec and handed to ``on_message``.
 
-A verification failure of a peer's block is an answer
-(``on_block_rejected``); an :class:`AssertionError` is a broken internal
-invariant, as in the real node, and ends the simulation run.
+Client submissions go through the same admission as the real gateway:
+refused when malformed or outside the age window (``expired``, final), as a
+duplicate when recently admitted, pooled or already stored (the SDK then asks
+for the status: final when stored here, else it waits up to ``wait_ms`` for
+the block holding it), or when the pool is full.
+
+*Verification* (honest; each step a method a broken shell may override):
+the block links to the tip (chain, height, parent hash, view and time not
+going back), it is of epoch 0, its proposer is a validator and it carries no
+configuration (the simulated network is never reconfigured), its roots
+match its body, every transaction is well-formed, client-signed, not expired
+at block time, not repeated and not already stored, and re-execution gives
+its results and state root. An appended block must also
+carry q valid commit signatures by distinct validators.
+
+*Durable*: the ledger (genesis first), the index of its transactions, and the
+last WAL record. Everything else (the core, the recently-admitted set,
+waiting clients, queued jobs) is lost on a crash. On restart a new
+:class:`~kyodo.consensus.Bft` starts at the stored tip with the stored WAL and
+the headers of the last ``BLACKLIST_HEIGHTS`` blocks below the tip (from which
+every node derives the same leader blacklist).
+
+A Byzantine node (:mod:`kyodo.testing._byzantine`) runs this same shell with
+an adversary between the core and the network.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,45 +73,63 @@ from typing import Protocol
 
 from kyodo.codec import DecodeError, decode, encode
 from kyodo.consensus import (
-    Action,
+    BLACKLIST_HEIGHTS,
+    AppendCertified,
     AppendPeerBlock,
-    BlockMessage,
+    Bft,
+    BftAction,
+    BftParams,
     Broadcast,
+    BuildProposal,
+    Commit,
     ForwardTx,
-    Message,
-    ProposeBlock,
+    Heartbeat,
+    NewView,
+    PersistWal,
+    Prepare,
+    PrePrepare,
     RequestSync,
     Send,
-    SingleLeader,
-    SingleLeaderLimits,
+    SignedViewData,
     StatusMessage,
     SyncRequest,
     SyncResponse,
+    VerifyProposal,
+    ViewChange,
+    WalState,
+    compute_quorum,
 )
-from kyodo.crypto import ZERO_HASH
 from kyodo.ledger import (
     Block,
     BlockHeader,
     BlockVerificationError,
-    CommitSignature,
-    ConsensusParams,
-    Height,
     TxEnvelope,
     compute_results_root,
-    compute_txs_root,
     verify_block_contents,
     verify_link,
 )
+from kyodo.testing._byzantine import Adversary, Byzantine, Emission
 from kyodo.testing._fake import (
-    compute_sim_mac,
     compute_sim_results,
+    compute_sim_signature,
     compute_sim_state_root,
-    is_sim_mac_valid,
+    count_commit_signers,
+    is_sim_signature_valid,
+    make_sim_block,
+    read_sim_tx,
 )
 from kyodo.testing._network import SimNetwork
 from kyodo.testing._scheduler import Scheduler
 
-__all__ = ["NodeHost", "ShellTiming", "SimNode", "TxFinal"]
+__all__ = [
+    "NodeHost",
+    "ShellTiming",
+    "SimNode",
+    "TxAnswer",
+    "TxFinal",
+    "TxRefused",
+    "decode_frame",
+]
 
 SYNC_MAX_BLOCKS = 64
 """Blocks asked for in one sync request (as the real node)."""
@@ -93,6 +141,17 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 """Largest message a node decodes."""
 RECENT_TXS = 100_000
 """Bound of the recently-admitted set (as the real node)."""
+_CORE_MESSAGES = (
+    PrePrepare,
+    Prepare,
+    Commit,
+    ViewChange,
+    SignedViewData,
+    NewView,
+    Heartbeat,
+    SyncResponse,
+    StatusMessage,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,9 +161,11 @@ class ShellTiming:
     tick_ms: int = 50
     """Interval between two ``on_tick`` calls of one node."""
     ledger_delay_ms: tuple[int, int] = (1, 8)
-    """Range of the time one ledger-thread job (build, or verify and append) takes."""
+    """Range of the time one ledger-thread job (build, verify, append) takes."""
+    wal_delay_ms: tuple[int, int] = (0, 3)
+    """Range of the time one synced WAL write takes."""
     loop_delay_ms: tuple[int, int] = (0, 2)
-    """Range of the hop from the ledger thread back to the event loop."""
+    """Range of the hop from the ledger or WAL thread back to the event loop."""
     reader_delay_ms: tuple[int, int] = (0, 3)
     """Range of a store read on the reader pool (admission, serving a sync)."""
 
@@ -124,6 +185,21 @@ class TxFinal:
     """Virtual time of the answer."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxRefused:
+    """A gateway's final refusal: the transaction can never be ordered."""
+
+    node_id: str
+    tx_id: bytes
+    reason: str
+    """``expired``: created outside the network's age window around now."""
+    time_ms: int
+
+
+TxAnswer = TxFinal | TxRefused
+"""What a gateway can tell a client for good (anything else is silence)."""
+
+
 class NodeHost(Protocol):
     """What a simulated node needs from the simulation around it."""
 
@@ -139,11 +215,11 @@ class NodeHost(Protocol):
 @dataclass(slots=True)
 class _Waiter:
     expires_ms: int
-    reply: Callable[[TxFinal], None]
+    reply: Callable[[TxAnswer], None]
 
 
 class SimNode:
-    """One simulated node: durable ledger, volatile consensus core (module docstring)."""
+    """One simulated validator: durable ledger and WAL, volatile core (module docstring)."""
 
     def __init__(
         self,
@@ -151,39 +227,68 @@ class SimNode:
         node_id: str,
         validators: tuple[str, ...],
         genesis: Block,
-        params: ConsensusParams,
-        limits: SingleLeaderLimits,
+        params: BftParams,
+        tx_max_age_ms: int,
         timing: ShellTiming,
         host: NodeHost,
+        byzantine: Byzantine | None = None,
     ) -> None:
         assert genesis.header.height == 0 and genesis.config is not None
+        assert node_id in validators
         self.node_id = node_id
         self.validators = validators
+        self.quorum, _ = compute_quorum(len(validators))
         self.chain_id = genesis.header.chain_id
         self.params = params
-        self.limits = limits
+        self.tx_max_age_ms = tx_max_age_ms
         self.timing = timing
         self._host = host
         self._scheduler = host.scheduler
         self._rng = host.rng
         self._network = host.network
+        self.adversary: Adversary | None = None
+        """The misbehaviour of a Byzantine node; None for an honest one."""
+        if byzantine is not None:
+            assert byzantine.node == node_id
+            self.adversary = Adversary(
+                byzantine,
+                validators=validators,
+                chain_id=self.chain_id,
+                rng=self._rng,
+                tip=self.tip,
+            )
         # durable
         self.ledger: list[Block] = [genesis]
         """The stored chain, genesis first; survives crashes."""
         self.tx_index: dict[bytes, tuple[int, int]] = {}
         """Stored transactions: tx id to (height, index); survives crashes."""
+        self.wal: WalState | None = None
+        """The last durable WAL record; survives crashes, restored into the core."""
         self._block_sizes: dict[int, int] = {}
         """Encoded size of stored blocks, computed when first served to a peer."""
         # volatile
         self.incarnation = 0
         """Bumped on every start and crash; callbacks of an older one are ignored."""
-        self.consensus: SingleLeader | None = None
+        self.consensus: Bft | None = None
         """The consensus core while the node runs, None while it is down."""
+        self.crash_after_wal = False
+        """Armed by the simulation: crash once the next WAL write is durable."""
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._waiters: dict[bytes, list[_Waiter]] = {}
         self._ledger_free_ms = 0
+        self._wal_free_ms = 0
+        self._loop_next_ms = 0
+        # counters (all incarnations)
         self.blocks_rejected = 0
-        """Peer blocks that failed verification (all incarnations)."""
+        """Peer blocks (sync) that failed verification."""
+        self.proposals_rejected = 0
+        """Proposals that failed verification (no Prepare was sent for them)."""
+        self.blocks_synced = 0
+        """Blocks appended from a peer (sync) rather than by this node's own votes."""
+        self.messages_refused = 0
+        """Frames refused because their sender is not a validator."""
+        self.wal_writes = 0
+        """WAL records that became durable."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -196,29 +301,37 @@ class SimNode:
         return self.ledger[-1]
 
     def start(self) -> None:
-        """Start (or restart) on the stored ledger with a fresh consensus core."""
+        """Start (or restart) on the stored ledger and WAL with a fresh consensus core."""
         assert not self.is_up(), f"{self.node_id} is already running"
         self.incarnation += 1
-        tip = self.tip()
-        self.consensus = SingleLeader(
-            node_id=self.node_id,
+        now = self._scheduler.now_ms
+        node_id = self.node_id
+        tip = self.tip().header.height
+        self.consensus = Bft(
+            node_id=node_id,
             validators=self.validators,
+            chain_id=self.chain_id,
+            tip=self.tip(),
             params=self.params,
-            height=tip.header.height,
-            tip_hash=tip.block_hash(),
-            limits=self.limits,
+            sign=lambda message: compute_sim_signature(node_id, message),
+            verify_signature=self._is_validator_signature,
+            verify_certified=self.is_certified,
+            wal=self.wal,
+            now_ms=now,
+            recent=[b.header for b in self.ledger[max(0, tip - BLACKLIST_HEIGHTS) : tip]],
         )
         self._recent.clear()
         self._waiters.clear()
-        self._ledger_free_ms = self._scheduler.now_ms
+        self._ledger_free_ms = self._wal_free_ms = self._loop_next_ms = now
         self._later(self._rng.randint(0, self.timing.tick_ms - 1), "tick", self._tick)
-        self._network.on_node_started(self.node_id)
+        self._network.on_node_started(node_id)
 
     def crash(self) -> None:
-        """Stop at once: only what is already in the ledger remains."""
+        """Stop at once: only the ledger and the last durable WAL record remain."""
         assert self.is_up(), f"{self.node_id} is not running"
         self.incarnation += 1
         self.consensus = None
+        self.crash_after_wal = False
         self._recent.clear()
         self._waiters.clear()
         self._network.on_node_stopped(self.node_id)
@@ -227,13 +340,17 @@ class SimNode:
 
     def on_connected(self, peer: str) -> None:
         """The connection to ``peer`` (re)opened."""
-        core = self._core()
-        self.apply(core.on_peer_connected(peer, self._scheduler.now_ms))
+        self.apply(self._core().on_peer_connected(peer, self._scheduler.now_ms))
 
     def on_frame(self, peer: str, raw: bytes) -> None:
-        """Decode a peer's message and route it, as the real node's ``_on_frame``."""
+        """Route a peer's message, as the real node's ``_on_frame``; refuse it unread when
+        the sender is not a validator."""
+        if peer not in self.validators:
+            self.messages_refused += 1
+            self._scheduler.note(f"{self.node_id} refused a message from non-validator {peer}")
+            return
         try:
-            message = decode(raw, max_size=MAX_FRAME_BYTES)
+            message = decode_frame(raw)
         except DecodeError:
             self._scheduler.note(f"{self.node_id} malformed message from {peer}")
             return
@@ -241,35 +358,48 @@ class SimNode:
             self._on_forwarded(message.envelope)
         elif isinstance(message, SyncRequest):
             self._serve_sync(peer, message)
-        elif isinstance(message, BlockMessage | SyncResponse | StatusMessage):
+        elif isinstance(message, _CORE_MESSAGES):
             self.apply(self._core().on_message(peer, message, self._scheduler.now_ms))
         else:
             self._scheduler.note(f"{self.node_id} unexpected {type(message).__name__}")
 
     # -- the gateway -----------------------------------------------------------------
 
-    def submit(self, envelope: TxEnvelope, wait_ms: int, reply: Callable[[TxFinal], None]) -> None:
+    def submit(self, envelope: TxEnvelope, wait_ms: int, reply: Callable[[TxAnswer], None]) -> None:
         """A client submits ``envelope`` and waits up to ``wait_ms`` for it to be final here.
 
-        ``reply`` is called only with a final answer; every other outcome (refused,
-        still pending when the wait ends, node crashed) is silence, and the client
-        retries on its own timer.
+        ``reply`` is called only with a final answer or a final refusal; every other
+        outcome (refused as busy, still pending when the wait ends, node crashed) is
+        silence, and the client retries on its own timer.
         """
         tx_id = envelope.tx_id()
+        if self.adversary is not None and self.adversary.ignores(envelope):
+            self._scheduler.note(f"{self.node_id} censors {tx_id.hex()[:8]}")
+            return
+        now = self._scheduler.now_ms
+        tx = read_sim_tx(envelope)
+        if tx is None:
+            self._scheduler.note(f"{self.node_id} malformed tx {tx_id.hex()[:8]}")
+            return
+        if abs(now - tx.created_ms) > self.tx_max_age_ms:
+            reply(TxRefused(node_id=self.node_id, tx_id=tx_id, reason="expired", time_ms=now))
+            return
         if tx_id in self._recent or self._core().contains(tx_id):
             self._status(tx_id, wait_ms, reply)
             return
+        expires_ms = tx.created_ms + self.tx_max_age_ms
 
         def admitted_or_duplicate() -> None:
             if tx_id in self.tx_index:
                 self._status(tx_id, wait_ms, reply)
             elif self._admit(tx_id):
                 self._wait(tx_id, wait_ms, reply)
-                self.apply(self._core().on_request(envelope, tx_id, self._scheduler.now_ms))
+                now = self._scheduler.now_ms
+                self.apply(self._core().on_request(envelope, tx_id, now, expires_ms=expires_ms))
 
         self._later(self._reader_delay(), "admit", admitted_or_duplicate)
 
-    def _status(self, tx_id: bytes, wait_ms: int, reply: Callable[[TxFinal], None]) -> None:
+    def _status(self, tx_id: bytes, wait_ms: int, reply: Callable[[TxAnswer], None]) -> None:
         """The SDK's fallback after a duplicate: ask for the status, wait if pending."""
 
         def read() -> None:
@@ -283,7 +413,7 @@ class SimNode:
 
         self._later(self._reader_delay(), "status", read)
 
-    def _wait(self, tx_id: bytes, wait_ms: int, reply: Callable[[TxFinal], None]) -> None:
+    def _wait(self, tx_id: bytes, wait_ms: int, reply: Callable[[TxAnswer], None]) -> None:
         self._waiters.setdefault(tx_id, []).append(
             _Waiter(expires_ms=self._scheduler.now_ms + wait_ms, reply=reply)
         )
@@ -309,43 +439,90 @@ class SimNode:
 
     # -- carrying out actions --------------------------------------------------------
 
-    def apply(self, actions: list[Action]) -> None:
-        """Carry out the core's actions, as the real node's ``_apply``."""
-        for action in actions:
+    def apply(self, actions: list[BftAction]) -> None:
+        """Carry out the core's actions in order, as the real node's ``_apply``:
+        ``PersistWal`` holds back the actions after it until the record is durable."""
+        for index, action in enumerate(actions):
+            if isinstance(action, PersistWal):
+                self._persist_then(action.state, actions[index + 1 :])
+                return
             if isinstance(action, Send):
-                self._send(action.to, action.message)
+                self._emit(action.to, action.message)
             elif isinstance(action, Broadcast):
-                kind = _kind(action.message)
-                self._network.broadcast(self.node_id, encode(action.message), kind)
-            elif isinstance(action, ProposeBlock):
-                self._ledger_job("propose", self._job_propose(action.txs))
+                self._emit(None, action.message)
+            elif isinstance(action, BuildProposal):
+                self._ledger_job("build", self._job_build(action))
+            elif isinstance(action, VerifyProposal):
+                self._ledger_job(f"verify {action.height}", self._job_verify(action))
+            elif isinstance(action, AppendCertified):
+                height = action.block.header.height
+                self._ledger_job(f"append {height}", self._job_append(action.block, None))
             elif isinstance(action, AppendPeerBlock):
-                self._ledger_job(
-                    f"append {action.block.header.height}",
-                    self._job_append(action.block, action.sender),
-                )
+                height = action.block.header.height
+                job = self._job_append(action.block, action.sender)
+                self._ledger_job(f"append {height} from {action.sender}", job)
             elif isinstance(action, RequestSync):
                 request = SyncRequest(from_height=action.from_height, max_blocks=SYNC_MAX_BLOCKS)
-                self._send(action.peer, request)
+                self._emit(action.peer, request)
             else:
                 raise AssertionError(f"unknown action {action!r}")
 
-    def _send(self, to: str, message: Message) -> None:
-        self._network.send(self.node_id, to, encode(message), _kind(message))
+    def _emit(self, to: str | None, message: object) -> None:
+        """Put ``message`` on the wire (through the adversary of a Byzantine node)."""
+        if self.adversary is None:
+            self._transmit(Emission(to, message))
+            return
+        for emission in self.adversary.outgoing(to, message):
+            self._transmit(emission)
+
+    def _transmit(self, emission: Emission) -> None:
+        raw = encode(emission.message)
+        kind = _kind(emission.message)
+        if emission.to is None:
+            self._network.broadcast(self.node_id, raw, kind)
+        elif emission.as_sender is None:
+            self._network.send(self.node_id, emission.to, raw, kind)
+        else:
+            self._network.send(self.node_id, emission.to, raw, kind, as_sender=emission.as_sender)
+
+    def _persist_then(self, state: WalState, rest: list[BftAction]) -> None:
+        """Write ``state`` on the WAL thread; carry out ``rest`` once it is durable."""
+        start = max(self._scheduler.now_ms, self._wal_free_ms)
+        done = start + self._rng.randint(*self.timing.wal_delay_ms)
+        self._wal_free_ms = done
+
+        def durable() -> None:
+            self.wal = state
+            self.wal_writes += 1
+            if self.crash_after_wal:
+                self._scheduler.note(f"{self.node_id} crashes after a WAL write")
+                self.crash()
+                return
+            self._back_on_loop("wal written", lambda: self.apply(rest))
+
+        self._at(done, f"wal write v{state.view} h{state.height}", durable)
 
     def _tick(self) -> None:
         self.apply(self._core().on_tick(self._scheduler.now_ms))
         self._later(self.timing.tick_ms, "tick", self._tick)
 
     def _on_forwarded(self, envelope: TxEnvelope) -> None:
-        """A peer forwarded a transaction: admit it (silently refuse duplicates), then order."""
+        """A peer forwarded a transaction: admit it (silently refuse), then order."""
         tx_id = envelope.tx_id()
         if tx_id in self._recent or self._core().contains(tx_id):
             return
+        if self.adversary is not None and self.adversary.ignores(envelope):
+            return
+        tx = read_sim_tx(envelope)
+        now = self._scheduler.now_ms
+        if tx is None or abs(now - tx.created_ms) > self.tx_max_age_ms:
+            return
+        expires_ms = tx.created_ms + self.tx_max_age_ms
 
         def admit() -> None:
             if tx_id not in self.tx_index and self._admit(tx_id):
-                self.apply(self._core().on_request(envelope, tx_id, self._scheduler.now_ms))
+                now = self._scheduler.now_ms
+                self.apply(self._core().on_request(envelope, tx_id, now, expires_ms=expires_ms))
 
         self._later(self._reader_delay(), "admit forwarded", admit)
 
@@ -364,7 +541,7 @@ class SimNode:
                 blocks.append(self.ledger[height])
                 size += block_size
             if blocks:
-                self._send(peer, SyncResponse(blocks=tuple(blocks)))
+                self._emit(peer, SyncResponse(blocks=tuple(blocks)))
 
         self._later(self._reader_delay(), f"serve sync {peer}", read)
 
@@ -372,51 +549,88 @@ class SimNode:
 
     def _ledger_job(self, label: str, work: Callable[[], Callable[[], None]]) -> None:
         """Queue ``work`` on the ledger thread; what it returns runs back on the loop."""
-        timing = self.timing
         start = max(self._scheduler.now_ms, self._ledger_free_ms)
-        done = start + self._rng.randint(*timing.ledger_delay_ms)
+        done = start + self._rng.randint(*self.timing.ledger_delay_ms)
         self._ledger_free_ms = done
 
         def complete() -> None:
-            back_on_loop = work()
-            self._later(self._rng.randint(*timing.loop_delay_ms), f"{label} done", back_on_loop)
+            self._back_on_loop(f"{label} done", work())
 
         self._at(done, f"ledger {label}", complete)
 
-    def _job_propose(self, txs: tuple[TxEnvelope, ...]) -> Callable[[], Callable[[], None]]:
-        requested_ms = self._scheduler.now_ms
+    def _back_on_loop(self, label: str, callback: Callable[[], None]) -> None:
+        """Hand a thread's result to the event loop (in the order the results came)."""
+        at = max(
+            self._scheduler.now_ms + self._rng.randint(*self.timing.loop_delay_ms),
+            self._loop_next_ms,
+        )
+        self._loop_next_ms = at
+        self._at(at, label, callback)
 
+    def _job_build(self, action: BuildProposal) -> Callable[[], Callable[[], None]]:
         def work() -> Callable[[], None]:
-            block, dropped = self.build_block(txs, requested_ms)
+            txs = tuple(t for t in action.txs if isinstance(t, TxEnvelope))
+            block, dropped = self.build_block(txs, self._scheduler.now_ms, action.view)
+            if block is not None and self.adversary is not None:
+                block = self.adversary.corrupt(block)
 
             def back_on_loop() -> None:
                 core = self._core()
                 core.drop_requests(dropped)
-                if block is None:
-                    self.apply(core.on_proposal_failed(self._scheduler.now_ms))
-                else:
-                    self._on_appended(block)
+                self.apply(core.on_proposal_built(block, self._scheduler.now_ms))
 
             return back_on_loop
 
         return work
 
-    def _job_append(self, block: Block, sender: str) -> Callable[[], Callable[[], None]]:
+    def _job_verify(self, action: VerifyProposal) -> Callable[[], Callable[[], None]]:
+        def work() -> Callable[[], None]:
+            ok = True
+            try:
+                self.verify_block(action.block)
+            except BlockVerificationError as exc:
+                ok = False
+                self.proposals_rejected += 1
+                self._note_rejected("proposal", action.block, exc)
+
+            def back_on_loop() -> None:
+                now = self._scheduler.now_ms
+                self.apply(self._core().on_proposal_verified(action.view, action.block, ok, now))
+
+            return back_on_loop
+
+        return work
+
+    def _job_append(self, block: Block, sender: str | None) -> Callable[[], Callable[[], None]]:
+        """Append a certified block: ours (``sender`` None) or a peer's (sync)."""
+
         def work() -> Callable[[], None]:
             try:
-                self.verify_and_append(block)
+                self.verify_certificate(block)
+                self.verify_block(block)
             except BlockVerificationError as exc:
+                if sender is None:  # we verified it before voting: failing now is a bug
+                    raise AssertionError(
+                        f"{self.node_id} cannot append its certified block "
+                        f"{block.header.height}: {exc}"
+                    ) from exc
                 self.blocks_rejected += 1
-                self._scheduler.note(f"{self.node_id} rejected {exc.height} ({exc.reason})")
+                self._note_rejected(f"block from {sender}", block, exc)
 
                 def rejected() -> None:
                     now = self._scheduler.now_ms
                     self.apply(self._core().on_block_rejected(block, sender, now))
 
                 return rejected
+            self.store_block(block)
+            if sender is not None:
+                self.blocks_synced += 1
             return lambda: self._on_appended(block)
 
         return work
+
+    def _note_rejected(self, what: str, block: Block, exc: BlockVerificationError) -> None:
+        self._scheduler.note(f"{self.node_id} rejected {what} {exc.height} ({exc.reason})")
 
     def _on_appended(self, block: Block) -> None:
         """Back on the loop: wake waiting clients, tell the core."""
@@ -433,97 +647,86 @@ class SimNode:
     # -- building and verifying (ledger thread) --------------------------------------
 
     def build_block(
-        self, txs: tuple[TxEnvelope, ...], now_ms: int
+        self, txs: tuple[TxEnvelope, ...], now_ms: int, view: int
     ) -> tuple[Block | None, list[bytes]]:
-        """Build, certify and store a block of the valid ``txs`` on the tip.
+        """Build (without storing) the block of the orderable ``txs`` on the tip, proposed
+        in ``view``.
 
-        A transaction already stored, or repeated in the batch, is dropped (its id
-        is returned); with nothing left, no block is built.
+        Block time is ``now_ms``, never before the parent's. Transactions that are not
+        orderable then are dropped (their ids are returned); with nothing left, no block.
         """
         parent = self.tip().header
-        checked, dropped = self.check_batch(txs)
+        block_time = max(now_ms, parent.timestamp_ms)
+        checked, dropped = self.check_batch(txs, block_time)
         if not checked:
             return None, dropped
-        envelopes = tuple(checked)
-        header = BlockHeader(
-            chain_id=self.chain_id,
-            height=Height(parent.height + 1),
-            prev_hash=parent.block_hash(),
-            txs_root=compute_txs_root(envelopes),
-            results_root=compute_results_root(compute_sim_results(envelopes)),
-            state_root=compute_sim_state_root(parent.state_root, envelopes),
-            timestamp_ms=max(now_ms, parent.timestamp_ms),
-            proposer=self.node_id,
-            epoch=0,
-            config_hash=ZERO_HASH,
+        block = make_sim_block(
+            parent, tuple(checked), proposer=self.node_id, timestamp_ms=block_time, view=view
         )
-        mac = compute_sim_mac(self.node_id, header.block_hash())
-        block = Block(
-            header=header,
-            txs=envelopes,
-            results=compute_sim_results(envelopes),
-            certificate=(CommitSignature(signer=self.node_id, signature=mac),),
-            config=None,
-        )
-        self.store_block(block)
         return block, dropped
 
-    def check_batch(self, txs: tuple[TxEnvelope, ...]) -> tuple[list[TxEnvelope], list[bytes]]:
-        """Split ``txs`` into the orderable ones and the ids of those already stored or
-        repeated (the fake application accepts every transaction otherwise)."""
+    def check_batch(
+        self, txs: tuple[TxEnvelope, ...], block_time_ms: int
+    ) -> tuple[list[TxEnvelope], list[bytes]]:
+        """Split ``txs`` into the orderable ones and the ids of the others: malformed or
+        badly signed, outside the age window at ``block_time_ms``, repeated in the batch,
+        or already stored."""
         checked: list[TxEnvelope] = []
         dropped: list[bytes] = []
         seen: set[bytes] = set()
         for envelope in txs:
             tx_id = envelope.tx_id()
-            if tx_id in seen or tx_id in self.tx_index:
+            tx = read_sim_tx(envelope)
+            if (
+                tx is None
+                or abs(block_time_ms - tx.created_ms) > self.tx_max_age_ms
+                or tx_id in seen
+                or tx_id in self.tx_index
+            ):
                 dropped.append(tx_id)
                 continue
             seen.add(tx_id)
             checked.append(envelope)
         return checked, dropped
 
-    def verify_and_append(self, block: Block) -> None:
-        """Verify a peer's block completely, then store it; raise if it does not verify."""
+    def verify_block(self, block: Block) -> None:
+        """Verify a block completely against the tip, re-executing it; raise
+        BlockVerificationError if it does not verify. Nothing is stored."""
         parent = self.tip().header
-        header = block.header
-        assert header.height == parent.height + 1, (
-            f"{self.node_id} asked to append {header.height} on {parent.height}"
-        )
         self.verify_link(block, parent)
-        self.verify_certificate(block)
+        self.verify_proposer(block)
         verify_block_contents(block)
         self.verify_txs(block)
         self.verify_execution(block, parent)
-        self.store_block(block)
 
     def verify_link(self, block: Block, parent: BlockHeader) -> None:
         """Same chain, next height, parent's hash, time not going back."""
         verify_link(block.header, parent)
 
-    def verify_certificate(self, block: Block) -> None:
-        """Proposed by the leader, certified by exactly the proposer's valid MAC."""
+    def verify_proposer(self, block: Block) -> None:
+        """Proposed by a validator, in the epoch in force (0: the simulated network is never
+        reconfigured); carries no configuration."""
         header = block.header
-        leader = self._core().leader()
-        if header.proposer != leader or block.config is not None:
+        if header.epoch != 0:
             raise BlockVerificationError(
-                f"proposed by {header.proposer}, not the leader {leader}",
+                f"block says epoch {header.epoch}, epoch 0 is in force",
+                height=header.height,
+                reason="epoch",
+            )
+        if header.proposer not in self.validators or block.config is not None:
+            raise BlockVerificationError(
+                f"proposer {header.proposer!r} is not a validator of this network",
                 height=header.height,
                 reason="proposer",
             )
-        if not is_sim_mac_valid(block):
-            raise BlockVerificationError(
-                "certificate is not the proposer's valid signature",
-                height=header.height,
-                reason="certificate",
-            )
 
     def verify_txs(self, block: Block) -> None:
-        """No transaction already stored or repeated in the block."""
-        _, dropped = self.check_batch(block.txs)
+        """Every transaction orderable at block time (see :meth:`check_batch`)."""
+        _, dropped = self.check_batch(block.txs, block.header.timestamp_ms)
         if dropped:
             raise BlockVerificationError(
-                f"block carries {len(dropped)} duplicate transactions (first {dropped[0].hex()})",
+                f"block carries {len(dropped)} invalid or duplicate transactions "
+                f"(first {dropped[0].hex()})",
                 height=block.header.height,
                 reason="invalid_tx",
             )
@@ -542,6 +745,24 @@ class SimNode:
                 reason="state_root",
             )
 
+    def verify_certificate(self, block: Block) -> None:
+        """At least q distinct validators signed the block's commit message."""
+        signers = count_commit_signers(block, self.validators)
+        if signers < self.quorum:
+            raise BlockVerificationError(
+                f"certificate has {signers} valid signatures, {self.quorum} required",
+                height=block.header.height,
+                reason="certificate",
+            )
+
+    def is_certified(self, block: Block) -> bool:
+        """The core's ``verify_certified``: q valid commit signatures."""
+        return count_commit_signers(block, self.validators) >= self.quorum
+
+    def _is_validator_signature(self, signer: str, message: bytes, signature: bytes) -> bool:
+        """The core's ``verify_signature``: a validator's valid simulated signature."""
+        return signer in self.validators and is_sim_signature_valid(signer, message, signature)
+
     def store_block(self, block: Block) -> None:
         """Durably append ``block`` and index its transactions; the invariants look at it."""
         height = block.header.height
@@ -553,7 +774,7 @@ class SimNode:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _core(self) -> SingleLeader:
+    def _core(self) -> Bft:
         core = self.consensus
         assert core is not None, f"{self.node_id} is down"
         return core
@@ -581,10 +802,31 @@ class SimNode:
         self._scheduler.at(time_ms, f"{self.node_id} {label}", guarded)
 
 
+@functools.lru_cache(maxsize=4_096)
+def decode_frame(raw: bytes) -> object:
+    """``raw`` decoded with the real codec (raises DecodeError).
+
+    Memoized: a broadcast reaches every receiver as the same bytes, and decoding is a
+    pure function of them whose results (frozen records) nobody can change.
+    """
+    return decode(raw, max_size=MAX_FRAME_BYTES)
+
+
 def _kind(message: object) -> str:
     """A short trace label for a message."""
-    if isinstance(message, BlockMessage):
-        return f"Block {message.block.header.height}"
+    if isinstance(message, PrePrepare):
+        return f"PrePrepare v{message.view} h{message.height}"
+    if isinstance(message, Prepare | Commit):
+        name = type(message).__name__
+        return f"{name} v{message.view} h{message.height} {message.block_hash.hex()[:8]}"
+    if isinstance(message, Heartbeat):
+        return f"Heartbeat v{message.view} h{message.height}"
+    if isinstance(message, ViewChange):
+        return f"ViewChange v{message.next_view}"
+    if isinstance(message, NewView):
+        return f"NewView v{message.view}"
+    if isinstance(message, SignedViewData):
+        return f"ViewData by {message.signer}"
     if isinstance(message, StatusMessage):
         return f"Status {message.height}"
     if isinstance(message, SyncRequest):
