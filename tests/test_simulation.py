@@ -68,21 +68,6 @@ REGRESSION_SEEDS: list[int] = [
 behind one stands, by that bug's strict xfail test (``PINNED``)."""
 
 CORE_BUGS: dict[str, str] = {
-    "double-append": (
-        "Bft._enter_view replaces the round with _Round(commits=..., blocks=...) and so drops "
-        "round.appending: a NewView entered while a certified append is in flight lets the "
-        "next Commit ask for a second AppendCertified of the same block, which the ledger "
-        "refuses (the real node halts with certified_block_failed)"
-    ),
-    "lost-prepared-certificate": (
-        "Bft._enter_view drops the prepared certificate even of the block the NewView "
-        "re-proposes; re-accepted in the new view, the block is logged and reported in "
-        "ViewData as not prepared until it is prepared again there. If that view is "
-        "abandoned first, the next NewView may hold no certificate for a block honest "
-        "validators committed, start fresh, and certify another block at the same height; "
-        "commit signatures are view-independent, so the old commits still certify the first "
-        "block: a fork"
-    ),
     "scattered-views": (
         "view-change votes only count for one exact view, a validator re-broadcasts only its "
         "current view's ViewChange, and only Heartbeats and votes (not ViewChanges) tell it "
@@ -102,8 +87,6 @@ CORE_BUGS: dict[str, str] = {
 """Bugs of the BFT core the simulator found (kyodo/consensus/_bft.py, not fixed here)."""
 
 PINNED: dict[int, tuple[str, str]] = {
-    **dict.fromkeys((822, 4240, 6011, 10770), ("double-append", "halt")),
-    4057: ("lost-prepared-certificate", "agreement"),
     **dict.fromkeys((4455, 5379, 6429, 8576, 9424, 10384), ("scattered-views", "liveness")),
     **dict.fromkeys((1679, 5226, 5582, 6072, 7176, 10049), ("missed-new-view", "liveness")),
 }
@@ -656,44 +639,6 @@ def _run_pinned(seed: int, check: Callable[[Simulation, InvariantViolation], Non
         assert exc.invariant == PINNED[seed][1], exc
         check(sim, exc)
         raise
-
-
-@pytest.mark.parametrize("seed", _pinned("double-append"))
-def test_a_new_view_during_a_certified_append_appends_the_block_twice(seed: int) -> None:
-    """Seeds 822, 4240, 6011, 10770. 822: n1, in the view change to view 3 at height 6,
-    gets q commits for block 7 and asks to append it; the NewView arrives before the
-    append completes and ``_enter_view`` starts a fresh round (commits and blocks kept,
-    ``appending`` lost); the next Commit for block 7 asks for a second
-    ``AppendCertified`` of block 7, which the ledger refuses: it is at height 7 already."""
-
-    def check(sim: Simulation, exc: InvariantViolation) -> None:
-        assert "cannot append its certified block" in exc.detail
-        assert "does not follow height" in exc.detail
-
-    _run_pinned(seed, check)
-
-
-@pytest.mark.parametrize("seed", _pinned("lost-prepared-certificate"))
-def test_a_reproposed_block_loses_its_prepared_certificate_and_the_chain_forks(
-    seed: int,
-) -> None:
-    """Seed 4057 (n3 Byzantine: equivocate, withhold and stale votes). Height 1, block X:
-    n2 is prepared on X in view 0 and commits it. The NewView of view 1 re-proposes X
-    (n2's certificate); n2 re-accepts X in view 1 with ``prepared_view`` -1; n0 prepares
-    X in view 1 and commits it. View 1 is abandoned; the NewView of view 2 holds the
-    view data of n1, n2 and n3, none with a certificate for X: it starts fresh, and
-    block Y is certified by n0, n1, n3. X is certified by n0 (view 1), n2 (view 0) and
-    n3. The Byzantine n3 only signs the third commit for X; an honest validator that
-    had been prepared on X in view 0 or 1 could have done the same."""
-
-    def check(sim: Simulation, exc: InvariantViolation) -> None:
-        assert "at height 1" in exc.detail
-        first = {n: sim.nodes[n].ledger[1] for n in ("n0", "n1") if len(sim.nodes[n].ledger) > 1}
-        assert len({b.block_hash() for b in first.values()}) == 2
-        signers = [{c.signer for c in b.certificate} for b in first.values()]
-        assert "n0" in signers[0] & signers[1]  # honest n0 committed both blocks
-
-    _run_pinned(seed, check)
 
 
 @pytest.mark.parametrize("seed", _pinned("scattered-views"))

@@ -932,16 +932,25 @@ class Bft:
         self._vc_votes = {v: s for v, s in self._vc_votes.items() if v > self.view}
         self._higher_view = {}
         self._view_data_sent = None
-        # A fresh round in the new view; commit signatures are view-independent, so they
-        # stay. A prepared certificate not selected by the NewView is dropped: had its
-        # block been committed, a quorum's view data would have selected it.
-        self.round = _Round(commits=self.round.commits, blocks=self.round.blocks)
+        # A fresh round in the new view. Commit signatures are view-independent, so they
+        # stay, and so does an append already in flight. A prepared certificate for a block
+        # the NewView does not select is dropped: had that block been committable (prepared
+        # by q - f honest validators), every quorum of view data would hold its certificate.
+        # A certificate for the block the NewView *re-proposes* is kept until this
+        # validator prepares it again in the new view: dropping it would let a later
+        # NewView start fresh while that block can still gather commits (seed 4057).
+        old = self.round
+        self.round = _Round(commits=old.commits, blocks=old.blocks, appending=old.appending)
         actions: list[BftAction] = []
         block = decision.block
         if block is not None and block.header.height == self.height + 1:
             block_hash = block.block_hash()
             self.round.blocks[block_hash] = block
             self.round.reproposal = block_hash
+            held = old.accepted
+            if held is not None and held.block_hash() == block_hash and old.prepared_view >= 0:
+                self.round.prepared_view = old.prepared_view
+                self.round.prepared_certificate = old.prepared_certificate
             self.round.verifying = block_hash
             actions.append(VerifyProposal(self.view, block.header.height, block))
         elif block is not None and block.header.height == self.height:
