@@ -84,6 +84,7 @@ from kyodo.consensus._bft_messages import (
     ViewChange,
     ViewData,
     WalState,
+    new_view_message,
     prepare_message,
 )
 from kyodo.ledger import (
@@ -803,9 +804,10 @@ class Bft:
         votes = self._vc_votes.setdefault(msg.next_view, set())
         votes.add(sender)
         if msg.next_view > self.view:
-            if len(votes) >= self.f + 1:
-                return self._start_view_change(msg.next_view, now_ms)
-            return []
+            # PBFT's rule: f+1 validators asking for views above ours (not necessarily the
+            # same one) make us join the lowest view that f+1 of them reach, so validators
+            # stranded in different views converge instead of waiting for one another
+            return self._saw_higher_view(sender, msg.next_view, now_ms)
         return self._check_view_change_quorum(now_ms)
 
     def _saw_higher_view(self, sender: str, view: int, now_ms: int) -> list[BftAction]:
@@ -848,9 +850,9 @@ class Bft:
         self._view_data[sender] = signed
         if len(self._view_data) < self.quorum:
             return []
-        new_view = NewView(
-            view=self.view, view_data=tuple(self._view_data[s] for s in sorted(self._view_data))
-        )
+        collected = tuple(self._view_data[s] for s in sorted(self._view_data))
+        signature = self._sign(new_view_message(self.chain_id, self.view, collected))
+        new_view = NewView(view=self.view, view_data=collected, signature=signature)
         self._last_new_view = new_view
         return [Broadcast(new_view), *self._on_new_view(self.node_id, new_view, now_ms)]
 
@@ -904,7 +906,13 @@ class Bft:
         return valid if len(valid) >= self.quorum else None
 
     def _on_new_view(self, sender: str, msg: NewView, now_ms: int) -> list[BftAction]:
-        if sender != self.leader_of(msg.view) or msg.view < self.view:
+        """Enter ``msg.view``: the NewView may come from its leader or be relayed by any
+        validator that entered it; either way it must bear the leader's signature."""
+        if msg.view < self.view:
+            return []
+        leader = self.leader_of(msg.view)
+        message = new_view_message(self.chain_id, msg.view, msg.view_data)
+        if leader != self.node_id and not self._verify_signature(leader, message, msg.signature):
             return []
         if msg.view == self.view and not self.in_view_change:
             return []
@@ -927,6 +935,7 @@ class Bft:
     def _enter_view(self, msg: NewView, decision: InFlightDecision, now_ms: int) -> list[BftAction]:
         self.view = msg.view
         self.in_view_change = False
+        self._last_new_view = msg  # to relay to a validator that missed it
         self._last_leader_ms = now_ms
         self._last_heartbeat_ms = now_ms
         self._vc_votes = {v: s for v, s in self._vc_votes.items() if v > self.view}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kyodo.codec import record
+from kyodo.codec import encode, encode_value, record
 from kyodo.ledger import Block, CommitSignature
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "ViewChange",
     "ViewData",
     "WalState",
+    "new_view_message",
     "prepare_message",
 ]
 
@@ -115,13 +116,24 @@ class SignedViewData:
     signature: bytes
 
 
-@record(66)
+@record(66, version=2)  # 2: signature
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewView:
-    """The leader of ``view`` starts it, with a quorum of signed view data."""
+    """The leader of ``view`` starts it, with a quorum of signed view data.
+
+    Signed by the leader so that any validator that entered the view can relay it to one
+    that missed it: only the leader's NewView decides a view, but anyone may carry it."""
 
     view: int
     view_data: tuple[SignedViewData, ...]
+    signature: bytes
+    """The leader's signature over :func:`new_view_message`."""
+
+
+def new_view_message(chain_id: str, view: int, view_data: tuple[SignedViewData, ...]) -> bytes:
+    """The bytes the leader of ``view`` signs to start it."""
+    body = encode_value([view, [encode(v) for v in view_data]])
+    return b"kyodo/new-view/v1\x00" + chain_id.encode() + b"\x00" + body
 
 
 @record(67)
