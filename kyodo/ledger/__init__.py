@@ -7,6 +7,7 @@ from kyodo.ledger._config_update import (
     approval_message,
     check_config_update,
     required_approvals,
+    verify_configuration_block,
 )
 from kyodo.ledger._epochs import ConfigView, Epochs
 from kyodo.ledger._genesis import load_genesis, make_genesis_block, save_genesis
@@ -142,6 +143,7 @@ __all__ = [
     "split_state_key",
     "verify_block_contents",
     "verify_certificate",
+    "verify_configuration_block",
     "verify_link",
     "verify_proof",
     "verify_store",

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kyodo.crypto import sha256
-from kyodo.ledger._config_update import CONFIG_CONTRACT, CONFIG_FUNCTION, check_config_update
+from kyodo.ledger._config_update import verify_configuration_block
 from kyodo.ledger._epochs import ConfigView, Epochs
 from kyodo.ledger._state_tree import iter_nodes
 from kyodo.ledger._store import LedgerStore
 from kyodo.ledger._types import Block
 from kyodo.ledger._verify import (
-    CheckedTx,
     check_envelope,
     verify_block_contents,
     verify_link,
@@ -132,35 +131,7 @@ def _verify_block(store: LedgerStore, block: Block, parent: Block, *, view: Conf
             raise StoredDataError(
                 f"transaction index does not point at transaction {index}", height=header.height
             )
-    _verify_config_change(block, checked, view)
-
-
-def _verify_config_change(block: Block, checked: list[CheckedTx], view: ConfigView) -> None:
-    """A configuration block carries one change, approved under the policy in force."""
-    changes = [
-        c for c in checked if c.tx.contract == CONFIG_CONTRACT and c.tx.function == CONFIG_FUNCTION
-    ]
-    height = block.header.height
-    if block.config is None:
-        if changes:
-            raise BlockVerificationError(
-                "a configuration change outside a configuration block",
-                height=height,
-                reason="config",
-            )
-        return
-    if len(checked) != 1 or len(changes) != 1:
-        raise BlockVerificationError(
-            "a configuration block carries exactly one change", height=height, reason="config"
-        )
-    try:
-        new = check_config_update(view, tuple(changes[0].tx.args), now_ms=block.header.timestamp_ms)
-    except TransactionRejectedError as exc:
-        raise BlockVerificationError(str(exc), height=height, reason="config") from exc
-    if new != block.config:
-        raise BlockVerificationError(
-            "the block's configuration is not its change's", height=height, reason="config"
-        )
+    verify_configuration_block(block, checked, view)
 
 
 def _verify_state(store: LedgerStore, tip: int) -> None:

@@ -28,8 +28,9 @@ from kyodo.crypto import ED25519, CryptoError, verify_signature
 from kyodo.identity import IdentityError, Role
 from kyodo.ledger._epochs import ConfigView
 from kyodo.ledger._topology import FragileTopologyError, check_topology
-from kyodo.ledger._types import NetworkConfig
-from kyodo.ledger.errors import LedgerError, TransactionRejectedError
+from kyodo.ledger._types import Block, NetworkConfig
+from kyodo.ledger._verify import CheckedTx
+from kyodo.ledger.errors import BlockVerificationError, LedgerError, TransactionRejectedError
 
 __all__ = [
     "CONFIG_CONTRACT",
@@ -37,6 +38,7 @@ __all__ = [
     "approval_message",
     "check_config_update",
     "required_approvals",
+    "verify_configuration_block",
 ]
 
 CONFIG_CONTRACT = "_config"
@@ -126,3 +128,34 @@ def _rejected(message: str) -> TransactionRejectedError:
     return TransactionRejectedError(
         f"configuration change refused: {message}", reason="config_rejected"
     )
+
+
+def verify_configuration_block(block: Block, checked: list[CheckedTx], view: ConfigView) -> None:
+    """A configuration change travels alone, in a configuration block, and passes the
+    admin policy of the configuration in force (``view``); no other block carries one.
+    Raises BlockVerificationError (reason ``config``). The node before voting and
+    ``kyodo verify`` offline apply this same check."""
+    changes = [
+        c for c in checked if c.tx.contract == CONFIG_CONTRACT and c.tx.function == CONFIG_FUNCTION
+    ]
+    height = block.header.height
+    if block.config is None:
+        if changes:
+            raise BlockVerificationError(
+                "a configuration change outside a configuration block",
+                height=height,
+                reason="config",
+            )
+        return
+    if len(checked) != 1 or len(changes) != 1:
+        raise BlockVerificationError(
+            "a configuration block carries exactly one change", height=height, reason="config"
+        )
+    try:
+        new = check_config_update(view, tuple(changes[0].tx.args), now_ms=block.header.timestamp_ms)
+    except TransactionRejectedError as exc:
+        raise BlockVerificationError(str(exc), height=height, reason="config") from exc
+    if new != block.config:
+        raise BlockVerificationError(
+            "the block's configuration is not its change's", height=height, reason="config"
+        )

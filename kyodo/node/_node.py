@@ -96,6 +96,7 @@ from kyodo.ledger import (
     prepare_state,
     recheck_envelope,
     verify_block_contents,
+    verify_configuration_block,
     verify_link,
 )
 from kyodo.node._config import NodeConfig
@@ -770,7 +771,7 @@ class Node:
                 height=header.height,
                 reason="invalid_tx",
             )
-        self._verify_config_rules(block, checked, view)
+        verify_configuration_block(block, checked, view)
         execution = self.executor.execute_block(
             store, checked, height=header.height, block_time_ms=header.timestamp_ms
         )
@@ -790,40 +791,6 @@ class Node:
             )
         self._prepared[header.block_hash()] = prepared
         return prepared
-
-    def _verify_config_rules(
-        self, block: Block, checked: list[CheckedTx], view: ConfigView
-    ) -> None:
-        """A configuration change travels alone, in a configuration block, and passes the
-        admin policy of the configuration in force; no other block carries one."""
-        height = block.header.height
-        changes = [c for c in checked if _is_config_change(c)]
-        if block.config is None:
-            if changes:
-                raise BlockVerificationError(
-                    "a configuration change outside a configuration block",
-                    height=height,
-                    reason="config",
-                )
-            return
-        if len(checked) != 1 or len(changes) != 1:
-            raise BlockVerificationError(
-                "a configuration block carries exactly one configuration change",
-                height=height,
-                reason="config",
-            )
-        try:
-            new = check_config_update(
-                view, tuple(changes[0].tx.args), now_ms=block.header.timestamp_ms
-            )
-        except TransactionRejectedError as exc:
-            raise BlockVerificationError(str(exc), height=height, reason="config") from exc
-        if new != block.config:
-            raise BlockVerificationError(
-                "the block's configuration is not the one its change carries",
-                height=height,
-                reason="config",
-            )
 
     def _append_block(self, block: Block) -> None:
         """Append a block whose certificate holds a quorum; verify it first unless this
