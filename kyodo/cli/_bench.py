@@ -57,6 +57,7 @@ def run_bench(
     orgs = network.orgs
     gateways = [network.gateway(orgs[i % len(orgs)]) for i in range(clients)]
     admins = {org: network.gateway(org, "admin") for org in orgs}
+    validators = len(network.current_config().validators())
     progress(f"setting up {2 * clients} accounts")
     accounts: list[tuple[str, str]] = []
     setup_errors: list[Exception] = []
@@ -121,7 +122,7 @@ def run_bench(
             "clients": clients,
             "duration_s": duration_s,
             "workload": "asset_transfer.transfer, signed Ed25519, each submit waits for finality",
-            "consensus": "single-leader (issue 2)",
+            "consensus": f"BFT, {validators} validators, tolerates f={(validators - 1) // 3}",
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "machine": platform.machine(),

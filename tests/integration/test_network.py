@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from kyodo.cli._network import LocalNetwork
 from kyodo.client import ContractFailed
 from kyodo.ledger import LedgerStore
@@ -148,6 +150,22 @@ def test_cli_status_lists_every_node_with_the_same_tip(network):
     assert {r["role"] for r in rows} == {"leader", "follower"}
     assert all(r["healthy"] and r["pid"] for r in rows)
     assert len({(r["height"], r["tip_hash"], r["state_root"]) for r in rows}) == 1
+
+
+def test_cli_bench_drives_signed_transfers_and_reports_figures_with_the_setup(network):
+    before = wait_converged(network).height
+    out = kyodo("bench", "--clients", "4", "--duration", "2", "--json", folder=network.folder)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["committed"] > 0 and doc["failures"] == {}
+    assert doc["tps"] == pytest.approx(doc["committed"] / doc["duration_s"], rel=0.01)
+    latency = doc["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    setup = doc["setup"]
+    assert setup["orgs"] == 4 and setup["clients"] == 4 and setup["duration_s"] == 2
+    assert setup["consensus"] == "BFT, 4 validators, tolerates f=1"
+    # Every reported commit is a final transaction on the chain.
+    assert wait_converged(network).height > before
 
 
 def test_cli_submit_query_show_and_block_show(network):
