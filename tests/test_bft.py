@@ -10,6 +10,7 @@ a quorum certificate.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 import random
@@ -712,3 +713,36 @@ def test_a_dead_leader_is_blacklisted_and_passed_over_instead_of_costing_view_ch
     assert views <= 1 + height // BLACKLIST_HEIGHTS < turns
     assert all(c is not None and "v0" in c.blacklist for c in cores)
     assert len({c.blacklist for c in cores if c is not None}) == 1  # all derive the same set
+
+
+def test_consecutive_views_never_name_the_same_proposer_around_a_blacklisted_validator():
+    """Found by bench/failover.py on real processes: with v0 blacklisted, a view whose
+    rotation fell on v0 skipped to v1, and the next view's rotation fell on v1 too, so a
+    dead v1 cost two view-change timeouts instead of one."""
+    h = Harness(4, seed=5)
+    h.submit(5, start=0, spread=100)
+    h.run(until=2_000)
+    core = h.nodes["v1"].core
+    assert core is not None
+    core._blacklist = frozenset({"v0"})
+    for height in range(1, 4 * PARAMS.decisions_per_leader + 2):
+        for view in range(8):
+            now, after = core.proposer_of(view, height), core.proposer_of(view + 1, height)
+            assert now != after and "v0" not in (now, after)
+
+
+def test_a_failed_view_is_blamed_on_the_validator_whose_turn_it_actually_was():
+    """With v1 already blacklisted, rotation runs over [v0, v2, v3]; when the view then
+    changes again, the blame goes to the proposer that rule named (v3), not to the one
+    rotation over all validators would name (v2)."""
+    h = Harness(4, seed=5)
+    core = h.nodes["v1"].core
+    assert core is not None and PARAMS.decisions_per_leader == 10
+    core._recent.clear()
+    # heights 10..14 (turn 1); view 0 -> 1 at 12, view 1 -> 2 at 14
+    history = [(10, 0, "v1"), (11, 0, "v1"), (12, 1, "v2"), (13, 1, "v3"), (14, 2, "v0")]
+    core._recent.extend(history)
+    core.tip = dataclasses.replace(core.tip, header=dataclasses.replace(core.tip.header, height=14))
+    core._blacklist = core._compute_blacklist()
+    assert core.blacklist == frozenset({"v3"})
+    assert core.proposer_of(2, 15) == "v0" and core.proposer_of(3, 15) == "v1"

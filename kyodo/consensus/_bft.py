@@ -281,23 +281,22 @@ class Bft:
         and sends its NewView)."""
         return self.validators[view % len(self.validators)]
 
-    def _rotation(self, view: int, height: int) -> int:
+    def _turn(self, height: int) -> int:
+        """How many times leadership has rotated by ``height`` (without view changes)."""
         per_leader = self.params.decisions_per_leader
-        turn = height // per_leader if per_leader > 0 else 0
-        return (view + turn) % len(self.validators)
+        return height // per_leader if per_leader > 0 else 0
 
     def proposer_of(self, view: int, height: int) -> str:
         """The validator that proposes block ``height`` in ``view``: leadership rotates
         every ``decisions_per_leader`` heights (0: no rotation), so no single leader
-        orders for long even when nothing forces a view change, and passes over
-        blacklisted validators (at most f: someone is always left)."""
-        start = self._rotation(view, height)
-        n = len(self.validators)
-        for step in range(n):
-            candidate = self.validators[(start + step) % n]
-            if candidate not in self._blacklist:
-                return candidate
-        raise AssertionError("the blacklist holds at most f < n validators")
+        orders for long even when nothing forces a view change. Rotation runs over the
+        validators not blacklisted (at most f, so someone is always left): consecutive
+        views then always name different proposers, and a view change never hands the
+        next view to the validator that just failed (which plain skip-to-next did when
+        the failed one sat right after a blacklisted one)."""
+        eligible = [v for v in self.validators if v not in self._blacklist]
+        assert eligible, "the blacklist holds at most f < n validators"
+        return eligible[(view + self._turn(height)) % len(eligible)]
 
     @property
     def blacklist(self) -> frozenset[str]:
@@ -308,24 +307,36 @@ class Bft:
         """Leaders that forced view changes recently, from the chain alone.
 
         Where consecutive blocks' views jump from a to b, the validators that should
-        have proposed in views a..b-1 at that height (by rotation alone) and did not are
-        recorded at that height. Entries older than ``BLACKLIST_HEIGHTS`` blocks expire;
-        the most recent f distinct current validators are kept. Every node at the same
-        tip computes the same set, so all agree on the proposer.
+        have proposed in views a..b-1 at that height and did not are recorded at that
+        height. "Should have" applies :meth:`proposer_of`'s own rule with the blacklist
+        as it stood then (rebuilt forward over the same window), so a failure is pinned
+        on the validator that actually had the turn, not on the one rotation alone
+        would name. Entries older than ``BLACKLIST_HEIGHTS`` blocks expire; the most
+        recent f distinct current validators are kept. Every node at the same tip
+        computes the same set, so all agree on the proposer.
         """
         entries: list[tuple[int, str]] = []
         for (_, v0, _), (h1, v1, p1) in itertools.pairwise(self._recent):
-            for view in range(v0, min(v1, v0 + len(self.validators))):
-                skipped = self.validators[self._rotation(view, h1)]
+            if v1 <= v0:
+                continue
+            then = self._select_blacklist(entries, h1 - 1)
+            eligible = [v for v in self.validators if v not in then]
+            for view in range(v0, min(v1, v0 + len(eligible))):
+                skipped = eligible[(view + self._turn(h1)) % len(eligible)]
                 if skipped != p1:
                     entries.append((h1, skipped))
-        horizon = self.height + 1 - BLACKLIST_HEIGHTS
+        return self._select_blacklist(entries, self.height)
+
+    def _select_blacklist(self, entries: list[tuple[int, str]], tip: int) -> frozenset[str]:
+        """The blacklist at ``tip``: the most recent f distinct current validators among
+        ``entries`` (height recorded, validator) not older than ``BLACKLIST_HEIGHTS``."""
+        horizon = tip + 1 - BLACKLIST_HEIGHTS
         chosen: list[str] = []
         for recorded, node in reversed(entries):
-            if recorded > horizon and node not in chosen and node in self.validators:
-                chosen.append(node)
             if len(chosen) >= self.f:
                 break
+            if horizon < recorded <= tip and node not in chosen and node in self.validators:
+                chosen.append(node)
         return frozenset(chosen)
 
     def leader(self) -> str:
