@@ -42,8 +42,7 @@ POLL_S = 0.01
 
 def _status(net: LocalNetwork, node: NodeEntry) -> Any:
     try:
-        with net.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=2) as gw:
-            return gw.status()
+        return net.status(node, timeout_s=2)
     except KyodoError:
         return None
 

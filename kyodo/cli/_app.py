@@ -82,8 +82,7 @@ def _status_of(net: LocalNetwork, node: NodeEntry) -> dict[str, Any]:
     if row["pid"] is None:
         return row
     try:
-        with net.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=3) as gw:
-            status = gw.status()
+        status = net.status(node)
     except KyodoError as exc:
         row["detail"] = f"not answering: {exc}"
         return row

@@ -51,6 +51,7 @@ from kyodo.ledger import (
     save_genesis,
 )
 from kyodo.node import NodeConfig
+from kyodo.wire import NodeStatus
 
 __all__ = ["LocalNetwork", "NodeEntry", "create_network"]
 
@@ -638,6 +639,12 @@ class LocalNetwork:
         """A gateway connection to a node of ``org`` as ``user``."""
         target = node or self.node(org)
         return self.user(org, user).connect(target.gateway, retries=retries, timeout_s=timeout_s)
+
+    def status(self, node: NodeEntry, *, timeout_s: float = 3.0) -> NodeStatus:
+        """``node``'s own status, asked of that node alone (its org's admin, no retries:
+        a node that does not answer raises ``KyodoError`` at once)."""
+        with self.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=timeout_s) as gw:
+            return gw.status()
 
 
 def _alive(pid: int) -> bool:

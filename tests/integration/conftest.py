@@ -32,8 +32,7 @@ def wait_until(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> 
 def node_status(net: LocalNetwork, node: NodeEntry) -> Any:
     """The node's NodeStatus, or None if it does not answer."""
     try:
-        with net.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=3) as gw:
-            return gw.status()
+        return net.status(node)
     except KyodoError:
         return None
 
