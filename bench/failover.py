@@ -233,4 +233,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KyodoError as exc:
+        sys.exit(f"failover bench: {exc} [{exc.code}]")
