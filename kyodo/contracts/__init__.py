@@ -4,7 +4,7 @@ from kyodo.contracts._asset_transfer import AssetTransfer
 from kyodo.contracts._config import ConfigContract
 from kyodo.contracts._context import Caller, Context, StateReader, TxOverlay
 from kyodo.contracts._executor import BlockExecution, Executor
-from kyodo.contracts._sdk import Contract, FunctionSpec, function
+from kyodo.contracts._sdk import Contract, FunctionSpec, function, sha256_hex
 from kyodo.contracts.errors import ArgumentError, ContractError, UnknownContractError
 
 BUILTIN_CONTRACTS: dict[str, type[Contract]] = {
@@ -29,4 +29,5 @@ __all__ = [
     "TxOverlay",
     "UnknownContractError",
     "function",
+    "sha256_hex",
 ]

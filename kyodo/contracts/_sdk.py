@@ -9,6 +9,7 @@ before the function runs, so a contract never sees a wrongly typed value.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, ClassVar, TypeVar, overload
 
 from kyodo.contracts.errors import ArgumentError
 
-__all__ = ["Contract", "FunctionSpec", "function"]
+__all__ = ["Contract", "FunctionSpec", "check_rule", "function", "rule_matches", "sha256_hex"]
 
 _ALLOWED = {int: "int", str: "str", bytes: "bytes", bool: "bool", list: "list", dict: "dict"}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +34,8 @@ class FunctionSpec:
     fn: Callable[..., Any]
     params: tuple[tuple[str, type], ...]
     read_only: bool
+    allow: tuple[str, ...] | None = None
+    """Access rules (``org.role``, ``*`` matches any); None: the package's default."""
 
     def check_args(self, args: tuple[Any, ...]) -> None:
         """Raise ArgumentError unless ``args`` match the declared parameters exactly."""
@@ -54,17 +57,62 @@ def function(fn: F, /) -> F: ...
 
 
 @overload
-def function(*, read_only: bool = False) -> Callable[[F], F]: ...
+def function(
+    *, read_only: bool = False, allow: tuple[str, ...] | list[str] | None = None
+) -> Callable[[F], F]: ...
 
 
-def function(fn: Any = None, /, *, read_only: bool = False) -> Any:
-    """Mark a contract function (``read_only=True`` for queries that write nothing)."""
+def function(
+    fn: Any = None,
+    /,
+    *,
+    read_only: bool = False,
+    allow: tuple[str, ...] | list[str] | None = None,
+) -> Any:
+    """Mark a contract function.
+
+    ``read_only=True`` for queries that write nothing; ``allow`` lists who may call
+    it as ``org.role`` rules (``"*.admin"``: any organization's admins, ``"bank1.*"``:
+    anyone of bank1, ``"*"``: every member). Without ``allow`` the package's default
+    access applies (every member, unless the package says otherwise).
+    """
+    rules = None if allow is None else tuple(allow)
+    if rules is not None:
+        for rule in rules:
+            check_rule(rule)
 
     def mark(target: F) -> F:
         target.__kyodo_function__ = read_only  # type: ignore[attr-defined]
+        target.__kyodo_allow__ = rules  # type: ignore[attr-defined]
         return target
 
     return mark(fn) if fn is not None else mark
+
+
+def check_rule(rule: Any) -> str:
+    """``rule`` if it is a well-formed access rule; raise ArgumentError otherwise."""
+    if not isinstance(rule, str):
+        raise ArgumentError(f"access rule {rule!r} must be a string 'org.role'")
+    if rule == "*":
+        return rule
+    org, dot, role = rule.partition(".")
+    if not dot or not org or not role or "." in role:
+        raise ArgumentError(f"access rule {rule!r} must read 'org.role' ('*' for any part)")
+    return rule
+
+
+def rule_matches(rule: str, org: str, role: str) -> bool:
+    """Whether a caller of ``org`` with ``role`` satisfies ``rule``."""
+    if rule == "*":
+        return True
+    rule_org, _, rule_role = rule.partition(".")
+    return rule_org in ("*", org) and rule_role in ("*", role)
+
+
+def sha256_hex(data: bytes | str) -> str:
+    """SHA-256 of ``data`` (text is UTF-8 encoded) as lowercase hex."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    return hashlib.sha256(raw).hexdigest()
 
 
 class Contract:
@@ -94,7 +142,11 @@ class Contract:
                         raise TypeError(f"{cls.__name__}.{attr}: parameter {pname} needs a type")
                     params.append((pname, ptype))
                 specs[attr] = FunctionSpec(
-                    name=attr, fn=member, params=tuple(params), read_only=read_only
+                    name=attr,
+                    fn=member,
+                    params=tuple(params),
+                    read_only=read_only,
+                    allow=getattr(member, "__kyodo_allow__", None),
                 )
             cls._specs = specs
         specs_now: dict[str, FunctionSpec] | None = cls.__dict__["_specs"]
