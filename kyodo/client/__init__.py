@@ -11,6 +11,7 @@ from kyodo.client._gateway import (
 )
 from kyodo.client._wallet import UserCredentials, load_user
 from kyodo.client.errors import (
+    AccessDenied,
     ContractFailed,
     KyodoError,
     NotFinal,
@@ -21,6 +22,7 @@ from kyodo.client.errors import (
 )
 
 __all__ = [
+    "AccessDenied",
     "Contract",
     "ContractFailed",
     "Gateway",

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import grpc
 
 from kyodo.client.errors import (
+    AccessDenied,
     ContractFailed,
     KyodoError,
     NotFinal,
@@ -66,6 +67,14 @@ __all__ = [
 ]
 
 _ERROR_TRAILER = "kyodo-error-bin"
+_FAILURE_CODES = {
+    1: "contract_error",
+    2: "unknown_function",
+    3: "resource_limit",
+    4: "access_denied",
+    5: "contract_terminated",
+}
+"""TxStatus of a failed transaction -> the error code the SDK raises with."""
 R = TypeVar("R")
 
 
@@ -295,8 +304,9 @@ class Contract:
         if response.state != "final":
             raise NotFinal(f"transaction {tx_id} not final after {wait_s} s", tx_id=tx_id)
         if response.status != 0:
-            code = "unknown_function" if response.status == 2 else "contract_error"
-            raise ContractFailed(response.message, code=code, tx_id=tx_id, height=response.height)
+            code = _FAILURE_CODES.get(response.status, "contract_error")
+            error = AccessDenied if code == "access_denied" else ContractFailed
+            raise error(response.message, code=code, tx_id=tx_id, height=response.height)
         return SubmitResult(
             tx_id=tx_id, height=response.height, tx_index=response.tx_index, result=response.result
         )
@@ -327,6 +337,8 @@ def _typed_error(exc: grpc.RpcError) -> KyodoError:
 def _from_body(body: ErrorBody) -> KyodoError:
     if body.code.startswith("rejected."):
         return TransactionRejected(body.message, code=body.code)
+    if body.code == "access_denied":
+        return AccessDenied(body.message, code=body.code)
     if body.code in ("contract_error", "unknown_function"):
         return ContractFailed(body.message, code=body.code)
     if body.code == "not_found":

@@ -50,6 +50,11 @@ class ContractFailed(KyodoError):
         self.height = height
 
 
+class AccessDenied(ContractFailed):
+    """The caller's organization and role match none of the function's access rules;
+    the message names the rule that refused."""
+
+
 class NotFound(KyodoError):
     """The block, transaction, contract or function does not exist."""
 

@@ -3,31 +3,64 @@
 from kyodo.contracts._asset_transfer import AssetTransfer
 from kyodo.contracts._config import ConfigContract
 from kyodo.contracts._context import Caller, Context, StateReader, TxOverlay
-from kyodo.contracts._executor import BlockExecution, Executor
+from kyodo.contracts._executor import BlockExecution, Executor, load_package_class
+from kyodo.contracts._lifecycle import ACTIONS, LifecycleContract, policy_digest
+from kyodo.contracts._package import MAX_PACKAGE_BYTES, ContractPackage, decode_package
+from kyodo.contracts._sandbox import Meter, SandboxLimits, Violation, check_source, metered
 from kyodo.contracts._sdk import Contract, FunctionSpec, function, sha256_hex
-from kyodo.contracts.errors import ArgumentError, ContractError, UnknownContractError
+from kyodo.contracts.errors import (
+    AccessDeniedError,
+    ArgumentError,
+    CodeRejectedError,
+    ContractError,
+    ContractTerminatedError,
+    LifecycleError,
+    PackageError,
+    ResourceLimitExceeded,
+    UnknownContractError,
+)
 
 BUILTIN_CONTRACTS: dict[str, type[Contract]] = {
     AssetTransfer.name: AssetTransfer,
     ConfigContract.name: ConfigContract,
+    LifecycleContract.name: LifecycleContract,
 }
-"""Contracts every node runs (deployment through governance comes with issue 4)."""
+"""Contracts built into every node (trusted code); others are deployed through
+``_lifecycle`` and run sandboxed."""
 
 __all__ = [
+    "ACTIONS",
     "BUILTIN_CONTRACTS",
+    "MAX_PACKAGE_BYTES",
+    "AccessDeniedError",
     "ArgumentError",
     "AssetTransfer",
     "BlockExecution",
     "Caller",
+    "CodeRejectedError",
     "ConfigContract",
     "Context",
     "Contract",
     "ContractError",
+    "ContractPackage",
+    "ContractTerminatedError",
     "Executor",
     "FunctionSpec",
+    "LifecycleContract",
+    "LifecycleError",
+    "Meter",
+    "PackageError",
+    "ResourceLimitExceeded",
+    "SandboxLimits",
     "StateReader",
     "TxOverlay",
     "UnknownContractError",
+    "Violation",
+    "check_source",
+    "decode_package",
     "function",
+    "load_package_class",
+    "metered",
+    "policy_digest",
     "sha256_hex",
 ]

@@ -12,7 +12,8 @@ validator sees exactly the same sequence (DESIGN.md section 2).
 
 Determinism: the context gives the block's timestamp (set by the proposer),
 never the clock; ``range`` iterates in sorted key order; values are canonical
-(no floats). Sandboxing and metering of contract code come with issue 4.
+(no floats). Deployed contract code also runs sandboxed and metered
+(``_sandbox.py``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class Context:
         height: int,
         tx_id: bytes,
         invoke: Callable[[str, str, tuple[Any, ...]], Any] | None = None,
+        members: tuple[str, ...] = (),
+        system: Any = None,
     ) -> None:
         self._namespace = namespace
         self._overlay = overlay
@@ -125,6 +128,10 @@ class Context:
         """The block's timestamp in ms since the epoch (the same on every node)."""
         self.height = height
         self.tx_id = tx_id.hex()
+        self.members = members
+        """The member organizations' ids in force at this height, sorted."""
+        self.system = system
+        """Lifecycle hooks of the executor; given to the built-in ``_lifecycle`` only."""
         self._invoke = invoke
 
     @property

@@ -1,7 +1,27 @@
-"""Executes a block's transactions deterministically and collects their writes."""
+"""Executes a block's transactions deterministically and collects their writes.
+
+Theory of operation
+-------------------
+A contract name resolves to a class in one of two ways: the built-in contracts
+(trusted code shipped with the node: ``asset_transfer``, ``_config``,
+``_lifecycle``), or a package deployed through ``_lifecycle``, whose definition
+the executor reads from the committed state *under the block* (never from the
+block's own writes), so a deployment, upgrade or termination takes effect from
+the next block on and every transaction runs exactly one version. Deployed
+packages are compiled in the sandbox once per package hash and cached.
+
+Each transaction runs under its own :class:`Meter`. A transaction fails with
+its reason recorded, and the chain goes on, when its contract refuses
+(``CONTRACT_ERROR``), the contract or function is unknown, the caller's
+organization and role match none of the function's access rules
+(``ACCESS_DENIED``), the contract is terminated and the function is not
+read-only (``CONTRACT_TERMINATED``), or a resource limit is exceeded
+(``RESOURCE_LIMIT``, also when contract code swallowed the limit's exception).
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,13 +35,25 @@ from kyodo.contracts._context import (
     TxOverlay,
     canonical,
 )
-from kyodo.contracts._sdk import Contract, FunctionSpec
-from kyodo.contracts.errors import ContractError, UnknownContractError
+from kyodo.contracts._package import ContractPackage, decode_package
+from kyodo.contracts._sandbox import DEFAULT_LIMITS, Meter, SandboxLimits, compile_contract, metered
+from kyodo.contracts._sdk import Contract, FunctionSpec, rule_matches
+from kyodo.contracts.errors import (
+    AccessDeniedError,
+    ContractError,
+    ContractTerminatedError,
+    LifecycleError,
+    PackageError,
+    ResourceLimitExceeded,
+    UnknownContractError,
+)
 from kyodo.ledger import CheckedTx, TxResult, TxStatus, split_state_key
 
-__all__ = ["BlockExecution", "Executor"]
+__all__ = ["BlockExecution", "Executor", "load_package_class"]
 
 MAX_INVOKE_DEPTH = 8
+MAX_CACHED_PACKAGES = 64
+LIFECYCLE = "_lifecycle"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,77 +67,218 @@ class BlockExecution:
     """every write: (state key, tx_index, tx_id, value or None), in block order."""
 
 
-class Executor:
-    """Runs contract functions against state; the same input gives the same output."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Resolved:
+    cls: type[Contract]
+    active: bool
+    access: tuple[str, ...]
+    sandboxed: bool
 
-    def __init__(self, contracts: Mapping[str, type[Contract]]) -> None:
-        self._contracts = dict(contracts)
-        self._instances = {name: cls() for name, cls in self._contracts.items()}
 
-    def contract_names(self) -> list[str]:
-        """Names of the contracts this executor knows."""
-        return sorted(self._contracts)
+def load_package_class(
+    package: ContractPackage, limits: SandboxLimits = DEFAULT_LIMITS
+) -> type[Contract]:
+    """Compile ``package`` in the sandbox; its one Contract subclass, named as the package.
 
-    def _spec(self, contract: str, function: str) -> FunctionSpec:
-        cls = self._contracts.get(contract)
-        if cls is None:
-            raise UnknownContractError(f"no contract named {contract!r} is deployed")
-        spec = cls.functions().get(function)
-        if spec is None:
-            raise UnknownContractError(f"contract {contract!r} has no function {function!r}")
-        return spec
+    Raises CodeRejectedError or PackageError.
+    """
+    namespace = compile_contract(package.source, package.filename, limits=limits)
+    found = [
+        value
+        for value in namespace.values()
+        if isinstance(value, type) and issubclass(value, Contract) and value is not Contract
+    ]
+    if len(found) != 1:
+        raise PackageError(
+            f"{package.filename} must define exactly one Contract subclass, found {len(found)}"
+        )
+    cls = found[0]
+    cls.name = package.name  # the namespace is the package's name, whatever the class says
+    cls.functions()  # refuse badly annotated functions now, not at the first call
+    return cls
 
-    def _call(
+
+class _Call:
+    """One transaction's execution: its caller, block, meter and events."""
+
+    def __init__(
         self,
-        overlay: TxOverlay,
-        contract: str,
-        function: str,
-        args: tuple[Any, ...],
+        executor: Executor,
+        resolve: Any,
         *,
         caller: Caller,
         block_time_ms: int,
         height: int,
         tx_id: bytes,
-        events: list[Any],
-        depth: int = 0,
+        members: tuple[str, ...],
+    ) -> None:
+        self.executor = executor
+        self.resolve = resolve
+        self.caller = caller
+        self.block_time_ms = block_time_ms
+        self.height = height
+        self.tx_id = tx_id
+        self.members = members
+        self.events: list[Any] = []
+
+    def context(self, overlay: TxOverlay, namespace: str, depth: int) -> Context:
+        def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
+            return self.call(overlay, other, fn, tuple(other_args), depth=depth + 1)
+
+        return Context(
+            namespace=namespace,
+            overlay=overlay,
+            caller=self.caller,
+            block_time_ms=self.block_time_ms,
+            height=self.height,
+            tx_id=self.tx_id,
+            invoke=invoke,
+            members=self.members,
+            system=_SystemHooks(self, overlay) if namespace == LIFECYCLE else None,
+        )
+
+    def call(
+        self, overlay: TxOverlay, contract: str, function: str, args: tuple[Any, ...], depth: int
     ) -> Any:
         if depth > MAX_INVOKE_DEPTH:
             raise ContractError("contract invocations nested too deeply")
         if depth > 0 and contract.startswith("_"):
             raise ContractError(f"built-in contract {contract!r} cannot be invoked by a contract")
-        spec = self._spec(contract, function)
-        spec.check_args(args)
-
-        def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
-            return self._call(
-                overlay,
-                other,
-                fn,
-                tuple(other_args),
-                caller=caller,
-                block_time_ms=block_time_ms,
-                height=height,
-                tx_id=tx_id,
-                events=events,
-                depth=depth + 1,
+        resolved: _Resolved = self.resolve(contract)
+        spec = _spec(resolved.cls, contract, function)
+        if not resolved.active and not spec.read_only:
+            raise ContractTerminatedError(
+                f"contract {contract!r} is terminated: it answers queries only"
             )
+        _check_access(spec, resolved.access, self.caller, contract)
+        spec.check_args(args)
+        return self.run(overlay, resolved.cls, contract, spec, args, depth)
 
-        ctx = Context(
-            namespace=contract,
-            overlay=overlay,
-            caller=caller,
-            block_time_ms=block_time_ms,
-            height=height,
-            tx_id=tx_id,
-            invoke=invoke,
-        )
-        result = canonical(spec.fn(self._instances[contract], ctx, *args))
-        events.extend(ctx.events)
+    def run(
+        self,
+        overlay: TxOverlay,
+        cls: type[Contract],
+        namespace: str,
+        spec: FunctionSpec,
+        args: tuple[Any, ...],
+        depth: int,
+    ) -> Any:
+        ctx = self.context(overlay, namespace, depth)
+        instance = self.executor.instance(cls)
+        result = canonical(spec.fn(instance, ctx, *args))
+        self.events.extend(ctx.events)
         try:
             encode_value(result)
         except EncodeError as exc:
-            raise ContractError(f"{function} returned a value that cannot be encoded") from exc
+            raise ContractError(f"{spec.name} returned a value that cannot be encoded") from exc
         return result
+
+
+class _SystemHooks:
+    """What ``_lifecycle`` may do beyond a contract: load packages, run them once."""
+
+    def __init__(self, call: _Call, overlay: TxOverlay) -> None:
+        self._call = call
+        self._overlay = overlay
+
+    def run_once(self, package: ContractPackage, function: str, args: tuple[Any, ...]) -> Any:
+        """Run ``function`` of ``package`` (if it has one; ``init`` is optional) in its
+        namespace within this transaction, bypassing access rules."""
+        cls = self._call.executor.package_class(package)
+        spec = cls.functions().get(function)
+        if spec is None:
+            if function == "init":
+                return None
+            raise LifecycleError(f"{package.filename} has no function {function!r} to run")
+        spec.check_args(args)
+        return self._call.run(self._overlay, cls, package.name, spec, args, depth=1)
+
+
+def _spec(cls: type[Contract], contract: str, function: str) -> FunctionSpec:
+    spec = cls.functions().get(function)
+    if spec is None:
+        raise UnknownContractError(f"contract {contract!r} has no function {function!r}")
+    return spec
+
+
+def _check_access(
+    spec: FunctionSpec, default: tuple[str, ...], caller: Caller, contract: str
+) -> None:
+    rules = spec.allow if spec.allow is not None else default
+    if any(rule_matches(rule, caller.org, caller.role) for rule in rules):
+        return
+    shown = " or ".join(rules) if rules else "nobody"
+    source = "function" if spec.allow is not None else "package default"
+    raise AccessDeniedError(
+        f"{contract}.{spec.name} allows {shown} ({source} rule); "
+        f"caller {caller.org}.{caller.role} matches none",
+        rule=shown,
+    )
+
+
+class Executor:
+    """Runs contract functions against state; the same input gives the same output."""
+
+    def __init__(
+        self, contracts: Mapping[str, type[Contract]], limits: SandboxLimits = DEFAULT_LIMITS
+    ) -> None:
+        self._builtins = dict(contracts)
+        self._limits = limits
+        self._instances = {cls: cls() for cls in self._builtins.values()}
+        self._packages: OrderedDict[bytes, type[Contract]] = OrderedDict()
+
+    def contract_names(self) -> list[str]:
+        """Names of the built-in contracts (deployed ones are in ``_lifecycle``'s state)."""
+        return sorted(self._builtins)
+
+    def instance(self, cls: type[Contract]) -> Contract:
+        """The instance to call: shared for built-ins, fresh for sandboxed code."""
+        shared = self._instances.get(cls)
+        return shared if shared is not None else cls()
+
+    def package_class(self, package: ContractPackage) -> type[Contract]:
+        """The compiled class of ``package`` (cached by hash)."""
+        digest = package.package_hash()
+        cls = self._packages.get(digest)
+        if cls is None:
+            cls = load_package_class(package, self._limits)
+            self._packages[digest] = cls
+            while len(self._packages) > MAX_CACHED_PACKAGES:
+                self._packages.popitem(last=False)
+        else:
+            self._packages.move_to_end(digest)
+        return cls
+
+    def _resolver(self, state: StateReader) -> Any:
+        memo: dict[str, _Resolved] = {}
+
+        def resolve(name: str) -> _Resolved:
+            found = memo.get(name)
+            if found is None:
+                found = self._resolve(state, name)
+                memo[name] = found
+            return found
+
+        return resolve
+
+    def _resolve(self, state: StateReader, name: str) -> _Resolved:
+        builtin = self._builtins.get(name)
+        if builtin is not None:
+            return _Resolved(cls=builtin, active=True, access=("*",), sandboxed=False)
+        entry = state.get_state(LIFECYCLE, f"definition/{name}") if name else None
+        if entry is None or entry.value.get("status") not in ("active", "terminated"):
+            raise UnknownContractError(f"no contract named {name!r} is deployed")
+        definition = entry.value
+        stored = state.get_state(LIFECYCLE, f"package/{definition['hash']}")
+        if stored is None:
+            raise AssertionError(f"definition of {name} points to a package not in state")
+        package = decode_package(stored.value)
+        return _Resolved(
+            cls=self.package_class(package),
+            active=definition["status"] == "active",
+            access=tuple(package.access),
+            sandboxed=True,
+        )
 
     def execute_block(
         self,
@@ -114,40 +287,20 @@ class Executor:
         *,
         height: int,
         block_time_ms: int,
+        members: tuple[str, ...] = (),
     ) -> BlockExecution:
         """Execute ``txs`` in order over ``state``; nothing is written to ``state``."""
         block = TxOverlay(state)
+        resolve = self._resolver(state)
         results: list[TxResult] = []
         history: list[tuple[bytes, int, bytes, Any]] = []
         last: dict[bytes, tuple[int, bytes, Any]] = {}
         for index, checked in enumerate(txs):
-            tx = checked.tx
             overlay = TxOverlay(block)
-            events: list[Any] = []
-            caller = Caller(
-                org=checked.creator.org, role=str(checked.creator.role), name=checked.creator.name
-            )
-            try:
-                value = self._call(
-                    overlay,
-                    tx.contract,
-                    tx.function,
-                    tuple(tx.args),
-                    caller=caller,
-                    block_time_ms=block_time_ms,
-                    height=height,
-                    tx_id=checked.tx_id,
-                    events=events,
-                )
-            except UnknownContractError as exc:
-                results.append(_failed(checked, TxStatus.UNKNOWN_FUNCTION, str(exc)))
-                continue
-            except ContractError as exc:
-                results.append(_failed(checked, TxStatus.CONTRACT_ERROR, str(exc)))
-                continue
-            except Exception as exc:  # a contract bug fails its transaction, not the chain
-                message = f"contract raised {type(exc).__name__}: {exc}"
-                results.append(_failed(checked, TxStatus.CONTRACT_ERROR, message))
+            call = self._new_call(resolve, checked, height, block_time_ms, members)
+            status, value, message = self._run_tx(call, overlay, checked)
+            if status is not TxStatus.OK:
+                results.append(_failed(checked, status, message))
                 continue
             for state_key in sorted(overlay.writes):
                 written = overlay.writes[state_key]
@@ -161,10 +314,51 @@ class Executor:
                     status=int(TxStatus.OK),
                     result=value,
                     message="",
-                    events=tuple(events),
+                    events=tuple(call.events),
                 )
             )
         return BlockExecution(results=tuple(results), writes=last, history=history)
+
+    def _new_call(
+        self,
+        resolve: Any,
+        checked: CheckedTx,
+        height: int,
+        block_time_ms: int,
+        members: tuple[str, ...],
+    ) -> _Call:
+        creator = checked.creator
+        return _Call(
+            self,
+            resolve,
+            caller=Caller(org=creator.org, role=str(creator.role), name=creator.name),
+            block_time_ms=block_time_ms,
+            height=height,
+            tx_id=checked.tx_id,
+            members=tuple(sorted(members)),
+        )
+
+    def _run_tx(
+        self, call: _Call, overlay: TxOverlay, checked: CheckedTx
+    ) -> tuple[TxStatus, Any, str]:
+        tx = checked.tx
+        meter = Meter(self._limits)
+        try:
+            with metered(meter):
+                value = call.call(overlay, tx.contract, tx.function, tuple(tx.args), depth=0)
+        except ResourceLimitExceeded as exc:
+            return TxStatus.RESOURCE_LIMIT, None, str(exc)
+        except MemoryError:
+            return TxStatus.RESOURCE_LIMIT, None, "out of memory"
+        except RecursionError:
+            raise  # our depth limits sit far below Python's: reaching it is a bug of ours
+        except Exception as exc:  # a contract's failure fails its transaction, not the chain
+            if meter.exhausted is not None:  # raised while unwinding from a limit
+                return TxStatus.RESOURCE_LIMIT, None, meter.exhausted
+            return _classify(exc), None, _describe(exc)
+        if meter.exhausted is not None:  # the contract swallowed the limit's exception
+            return TxStatus.RESOURCE_LIMIT, None, meter.exhausted
+        return TxStatus.OK, value, ""
 
     def evaluate(
         self,
@@ -173,28 +367,53 @@ class Executor:
         *,
         height: int,
         block_time_ms: int,
+        members: tuple[str, ...] = (),
     ) -> Any:
-        """Run a function without keeping its writes (a query); raises ContractError."""
+        """Run a function without keeping its writes (a query); raise ContractError
+        (UnknownContractError, AccessDeniedError, ...) if it fails."""
+        call = self._new_call(self._resolver(state), checked, height, block_time_ms, members)
         tx = checked.tx
-        caller = Caller(
-            org=checked.creator.org, role=str(checked.creator.role), name=checked.creator.name
-        )
+        meter = Meter(self._limits)
         try:
-            return self._call(
-                TxOverlay(state),
-                tx.contract,
-                tx.function,
-                tuple(tx.args),
-                caller=caller,
-                block_time_ms=block_time_ms,
-                height=height,
-                tx_id=checked.tx_id,
-                events=[],
-            )
-        except ContractError:
+            with metered(meter):
+                value = call.call(
+                    TxOverlay(state), tx.contract, tx.function, tuple(tx.args), depth=0
+                )
+        except ResourceLimitExceeded as exc:
+            raise ContractError(f"resource limit: {exc}") from None
+        except MemoryError:
+            raise ContractError("resource limit: out of memory") from None
+        except RecursionError:
             raise
-        except Exception as exc:  # a contract bug is the contract's failure, not the node's
-            raise ContractError(f"contract raised {type(exc).__name__}: {exc}") from exc
+        except ContractError:
+            if meter.exhausted is not None:
+                raise ContractError(f"resource limit: {meter.exhausted}") from None
+            raise
+        except Exception as exc:
+            raise ContractError(_describe(exc)) from exc
+        if meter.exhausted is not None:
+            raise ContractError(f"resource limit: {meter.exhausted}")
+        return value
+
+
+_STATUS_OF: tuple[tuple[type[Exception], TxStatus], ...] = (
+    (UnknownContractError, TxStatus.UNKNOWN_FUNCTION),
+    (AccessDeniedError, TxStatus.ACCESS_DENIED),
+    (ContractTerminatedError, TxStatus.CONTRACT_TERMINATED),
+)
+
+
+def _classify(exc: Exception) -> TxStatus:
+    for kind, status in _STATUS_OF:
+        if isinstance(exc, kind):
+            return status
+    return TxStatus.CONTRACT_ERROR
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ContractError):
+        return str(exc)
+    return f"contract raised {type(exc).__name__}: {exc}"
 
 
 def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:

@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from kyodo.codec import DecodeError, decode_record, encode
-from kyodo.contracts import ContractError, UnknownContractError
+from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
 from kyodo.identity import IdentityError, load_certificate
 from kyodo.ledger import TransactionRejectedError
@@ -249,6 +249,10 @@ class GatewayServer:
             raise _rejected(exc) from exc
         except UnknownContractError as exc:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "unknown_function", str(exc)) from exc
+        except AccessDeniedError as exc:
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc)
+            ) from exc
         except ContractError as exc:
             raise GatewayError(
                 grpc.StatusCode.FAILED_PRECONDITION, "contract_error", str(exc)

@@ -209,6 +209,10 @@ class Node:
             view = self._views[config.epoch] = ConfigView.of(config)
         return view
 
+    def _members_at(self, height: int) -> tuple[str, ...]:
+        """The member organizations' ids in force at ``height``, sorted."""
+        return tuple(sorted(org.org_id for org in self._epochs.at(height).orgs))
+
     def _view_at(self, height: int) -> ConfigView:
         """The configuration in force at ``height``, with its keys and quorum."""
         return self._view_of(self._epochs.at(height))
@@ -708,7 +712,11 @@ class Node:
         if not checked:
             return None, dropped
         execution = self.executor.execute_block(
-            store, checked, height=height + 1, block_time_ms=block_time
+            store,
+            checked,
+            height=height + 1,
+            block_time_ms=block_time,
+            members=self._members_at(height + 1),
         )
         prepared = prepare_state(
             store, store.state_root(), height + 1, execution.writes, execution.history
@@ -773,7 +781,11 @@ class Node:
             )
         verify_configuration_block(block, checked, view)
         execution = self.executor.execute_block(
-            store, checked, height=header.height, block_time_ms=header.timestamp_ms
+            store,
+            checked,
+            height=header.height,
+            block_time_ms=header.timestamp_ms,
+            members=self._members_at(header.height),
         )
         if compute_results_root(execution.results) != header.results_root:
             raise BlockVerificationError(
@@ -958,7 +970,11 @@ class Node:
             height = self.store.height()
             assert height is not None
             result = self.executor.evaluate(
-                self.store, checked, height=height, block_time_ms=now_ms()
+                self.store,
+                checked,
+                height=height,
+                block_time_ms=now_ms(),
+                members=self._members_at(height + 1),
             )
             return EvaluateResponse(result=result, height=height)
 

@@ -36,6 +36,12 @@ class TxStatus(IntEnum):
     """The contract refused (e.g. insufficient funds); no writes were applied."""
     UNKNOWN_FUNCTION = 2
     """The contract or function does not exist; no writes were applied."""
+    RESOURCE_LIMIT = 3
+    """The execution budget (steps), call depth or a size limit was exceeded."""
+    ACCESS_DENIED = 4
+    """The caller's organization and role match none of the function's access rules."""
+    CONTRACT_TERMINATED = 5
+    """The contract was terminated; only its read-only functions answer."""
 
 
 @record(10)
