@@ -29,7 +29,7 @@ demo-down: $(STAMP)
 	$(KYODO) network down --dir $(NETWORK) --purge
 
 lint: $(STAMP)
-	$(PY) -m ruff check kyodo tests bench examples
+	$(PY) -m ruff check kyodo tests bench examples samples
 	$(PY) -m mypy kyodo
 	$(VENV)/bin/lint-imports
 

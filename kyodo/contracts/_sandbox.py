@@ -323,6 +323,8 @@ class _Verifier(ast.NodeVisitor):
             return all(self._is_immutable(e) for e in value.elts)
         if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
             return self._is_immutable(value.operand)
+        if isinstance(value, ast.BinOp):  # 10**15, 60 * 1000: computed (metered) at load
+            return self._is_immutable(value.left) and self._is_immutable(value.right)
         return False
 
     def visit_Import(self, node: ast.Import) -> None:
