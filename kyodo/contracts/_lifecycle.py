@@ -240,6 +240,14 @@ class LifecycleContract(Contract):
         return proposal_status(ctx, name, sequence, action, package_hash)
 
     @function(read_only=True)
+    def approvals(self, ctx: Context, name: str, sequence: int) -> list[dict[str, Any]]:
+        """Every organization's approval recorded for ``name`` at ``sequence``."""
+        return [
+            {"org": key.rsplit("/", 1)[1], **value}
+            for key, value in ctx.prefix(f"approval/{name}/{sequence:010d}/")
+        ]
+
+    @function(read_only=True)
     def policy(self, ctx: Context) -> dict[str, Any]:
         """The lifecycle quorum in force."""
         needed, members = _quorum(ctx)
