@@ -24,6 +24,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(KYODO) network up --orgs $(ORGS) --dir $(NETWORK)
 	$(PY) examples/asset_transfer_demo.py --dir $(NETWORK)
+	$(PY) examples/payments_demo.py --dir $(NETWORK)
 
 demo-down: $(STAMP)
 	$(KYODO) network down --dir $(NETWORK) --purge

@@ -58,13 +58,17 @@ def main() -> None:
         try:
             bank1.submit("transfer", alice, bob, 5_000)
         except ContractFailed as exc:
-            console.print(f"{alice} -> {bob} 5000 refused by the contract, recorded in block "
-                          f"{exc.height}: [yellow]{exc}[/]")
+            console.print(
+                f"{alice} -> {bob} 5000 refused by the contract, recorded in block "
+                f"{exc.height}: [yellow]{exc}[/]"
+            )
         seen_by_org2 = org2_user.contract("asset_transfer").evaluate("balance", bob)
         console.print(f"balance of {bob}, read at org2's node: {seen_by_org2}")
         status = org2_user.status()
-        console.print(f"org2's node: height {status.height}, tip {status.tip_hash.hex()[:16]}, "
-                      f"state root {status.state_root.hex()[:16]}")
+        console.print(
+            f"org2's node: height {status.height}, tip {status.tip_hash.hex()[:16]}, "
+            f"state root {status.state_root.hex()[:16]}"
+        )
     console.rule("done")
     console.print(f"network folder: {folder.resolve()}  (stop it with `make demo-down`)")
 

@@ -313,3 +313,57 @@ def test_the_same_block_gives_the_same_results_under_different_hash_seeds() -> N
         assert done.returncode == 0, done.stderr
         outputs.add(json.dumps(json.loads(done.stdout), sort_keys=True))
     assert len(outputs) == 1, outputs
+
+
+def test_a_proposer_cuts_the_block_once_its_step_budget_is_spent() -> None:
+    chain = Chain(SandboxLimits(max_steps=20_000, max_block_steps=50_000))
+    chain.deploy(package())
+    txs = [tx(USER1, "counter", "spin") for _ in range(5)] + [tx(USER1, "counter", "bump")]
+    cut = chain.executor.execute_block(
+        chain.state,
+        txs,
+        height=chain.height + 1,
+        block_time_ms=BLOCK_TIME,
+        members=MEMBERS,
+        cut_at_block_budget=True,
+    )
+    assert [r.status for r in cut.results] == [TxStatus.RESOURCE_LIMIT] * 3
+    whole = chain.executor.execute_block(
+        chain.state, txs, height=chain.height + 1, block_time_ms=BLOCK_TIME, members=MEMBERS
+    )
+    assert len(whole.results) == 6 and whole.results[-1].status == TxStatus.OK
+
+
+def test_declared_return_types_are_checked_and_generic_parameters_accepted() -> None:
+    source = textwrap.dedent(
+        """
+        from kyodo.contract import Context, Contract, function
+
+
+        class Typed(Contract):
+            @function
+            def wrong(self, ctx: Context) -> int:
+                return "seven"
+
+            @function
+            def tags(self, ctx: Context, items: list[str]) -> list[str]:
+                return sorted(items)
+
+            @function
+            def nothing(self, ctx: Context) -> None:
+                return 1
+        """
+    )
+    chain = Chain()
+    chain.deploy(package(source, name="typed", init_args=()))
+    wrong, tags, bad_arg, nothing = chain.block(
+        tx(USER1, "typed", "wrong"),
+        tx(USER1, "typed", "tags", ["b", "a"]),
+        tx(USER1, "typed", "tags", "ab"),
+        tx(USER1, "typed", "nothing"),
+    ).results
+    assert wrong.status == TxStatus.CONTRACT_ERROR
+    assert wrong.message == "wrong is declared to return int but returned str"
+    assert tags.status == TxStatus.OK and tags.result == ["a", "b"]
+    assert bad_arg.status == TxStatus.CONTRACT_ERROR and "must be list" in bad_arg.message
+    assert "declared to return None but returned int" in nothing.message

@@ -580,6 +580,9 @@ def verify(node: str, folder: DirOption = DEFAULT_DIR, as_json: JsonOption = Fal
 def bench(
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds of load.")] = 10.0,
+    contract: Annotated[
+        str, typer.Option(help="asset_transfer, or a deployed contract like the cash sample.")
+    ] = "asset_transfer",
     folder: DirOption = DEFAULT_DIR,
     as_json: JsonOption = False,
 ) -> None:
@@ -593,6 +596,7 @@ def bench(
                 clients=clients,
                 duration_s=duration,
                 progress=lambda m: progress.update(task, description=m),
+                contract=contract,
             )
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")

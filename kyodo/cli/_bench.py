@@ -50,9 +50,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run_bench(
-    network: LocalNetwork, *, clients: int, duration_s: float, progress: Callable[[str], None]
+    network: LocalNetwork,
+    *,
+    clients: int,
+    duration_s: float,
+    progress: Callable[[str], None],
+    contract: str = "asset_transfer",
 ) -> BenchResult:
-    """Drive ``network`` with ``clients`` concurrent clients for ``duration_s`` seconds."""
+    """Drive ``network`` with ``clients`` concurrent clients for ``duration_s`` seconds.
+
+    ``contract`` is the built-in ``asset_transfer`` or a deployed contract with the
+    same functions (``create_account``, ``issue``, ``transfer``), e.g. the cash sample.
+    """
     run = secrets.token_hex(3)
     orgs = network.orgs
     gateways = [network.gateway(orgs[i % len(orgs)]) for i in range(clients)]
@@ -66,10 +75,10 @@ def run_bench(
         org = orgs[i % len(orgs)]
         pair = (f"bench-{run}-{i}-a", f"bench-{run}-{i}-b")
         try:
-            contract = gateways[i].contract("asset_transfer")
+            handle = gateways[i].contract(contract)
             for account in pair:
-                contract.submit("create_account", account)
-            admins[org].contract("asset_transfer").submit("issue", pair[0], 1_000_000)
+                handle.submit("create_account", account)
+            admins[org].contract(contract).submit("issue", pair[0], 1_000_000)
         except KyodoError as exc:
             setup_errors.append(exc)
         accounts.append(pair)
@@ -87,12 +96,12 @@ def run_bench(
     deadline = start + duration_s
 
     def drive(i: int) -> None:
-        contract = gateways[i].contract("asset_transfer")
+        handle = gateways[i].contract(contract)
         source, target = by_client[i]
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             try:
-                contract.submit("transfer", source, target, 1)
+                handle.submit("transfer", source, target, 1)
             except KyodoError as exc:
                 with lock:
                     failures[exc.code] = failures.get(exc.code, 0) + 1
@@ -121,7 +130,7 @@ def run_bench(
             "nodes": len(network.nodes),
             "clients": clients,
             "duration_s": duration_s,
-            "workload": "asset_transfer.transfer, signed Ed25519, each submit waits for finality",
+            "workload": f"{contract}.transfer, signed Ed25519, each submit waits for finality",
             "consensus": f"BFT, {validators} validators, tolerates f={(validators - 1) // 3}",
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kyodo.client import Gateway, KyodoError, SubmitResult, UserCredentials, load_user
 from kyodo.codec import decode_record, encode
-from kyodo.crypto import load_private_key, save_private_key
+from kyodo.crypto import load_private_key, save_private_key, sha256
 from kyodo.identity import CertificateAuthority, Role
 from kyodo.ledger import (
     ConsensusParams,
@@ -395,6 +395,7 @@ class LocalNetwork:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=node.home,
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed_of(node.node_id))},
         )
         log.close()
         errors.close()
@@ -645,6 +646,13 @@ class LocalNetwork:
         a node that does not answer raises ``KyodoError`` at once)."""
         with self.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=timeout_s) as gw:
             return gw.status()
+
+
+def hash_seed_of(node_id: str) -> int:
+    """The PYTHONHASHSEED a local node runs with: a different one per node, so that
+    anything whose result depends on hash order (it must not: contracts are checked
+    for it) shows up as nodes disagreeing, at once and reproducibly."""
+    return 1 + int.from_bytes(sha256(node_id.encode())[:4], "big") % 4_000_000_000
 
 
 def _alive(pid: int) -> bool:

@@ -165,7 +165,9 @@ class _Call:
     ) -> Any:
         ctx = self.context(overlay, namespace, depth)
         instance = self.executor.instance(cls)
-        result = canonical(spec.fn(instance, ctx, *args))
+        result = spec.fn(instance, ctx, *args)
+        spec.check_result(result)
+        result = canonical(result)
         self.events.extend(ctx.events)
         try:
             encode_value(result)
@@ -288,17 +290,28 @@ class Executor:
         height: int,
         block_time_ms: int,
         members: tuple[str, ...] = (),
+        cut_at_block_budget: bool = False,
     ) -> BlockExecution:
-        """Execute ``txs`` in order over ``state``; nothing is written to ``state``."""
+        """Execute ``txs`` in order over ``state``; nothing is written to ``state``.
+
+        With ``cut_at_block_budget`` (a proposer building a block), execution stops
+        after the transaction that brings the steps spent to the limits'
+        ``max_block_steps``; ``results`` then covers a prefix of ``txs``, which is
+        what the block carries.
+        """
         block = TxOverlay(state)
         resolve = self._resolver(state)
         results: list[TxResult] = []
         history: list[tuple[bytes, int, bytes, Any]] = []
         last: dict[bytes, tuple[int, bytes, Any]] = {}
+        spent = 0
         for index, checked in enumerate(txs):
+            if cut_at_block_budget and spent >= self._limits.max_block_steps:
+                break
             overlay = TxOverlay(block)
             call = self._new_call(resolve, checked, height, block_time_ms, members)
-            status, value, message = self._run_tx(call, overlay, checked)
+            status, value, message, steps = self._run_tx(call, overlay, checked)
+            spent += steps
             if status is not TxStatus.OK:
                 results.append(_failed(checked, status, message))
                 continue
@@ -340,25 +353,27 @@ class Executor:
 
     def _run_tx(
         self, call: _Call, overlay: TxOverlay, checked: CheckedTx
-    ) -> tuple[TxStatus, Any, str]:
+    ) -> tuple[TxStatus, Any, str, int]:
+        """(status, result, failure message, steps spent) of one transaction."""
         tx = checked.tx
         meter = Meter(self._limits)
+        outcome: tuple[TxStatus, Any, str]
         try:
             with metered(meter):
                 value = call.call(overlay, tx.contract, tx.function, tuple(tx.args), depth=0)
+            outcome = TxStatus.OK, value, ""
         except ResourceLimitExceeded as exc:
-            return TxStatus.RESOURCE_LIMIT, None, str(exc)
+            outcome = TxStatus.RESOURCE_LIMIT, None, str(exc)
         except MemoryError:
-            return TxStatus.RESOURCE_LIMIT, None, "out of memory"
+            outcome = TxStatus.RESOURCE_LIMIT, None, "out of memory"
         except RecursionError:
             raise  # our depth limits sit far below Python's: reaching it is a bug of ours
         except Exception as exc:  # a contract's failure fails its transaction, not the chain
-            if meter.exhausted is not None:  # raised while unwinding from a limit
-                return TxStatus.RESOURCE_LIMIT, None, meter.exhausted
-            return _classify(exc), None, _describe(exc)
-        if meter.exhausted is not None:  # the contract swallowed the limit's exception
-            return TxStatus.RESOURCE_LIMIT, None, meter.exhausted
-        return TxStatus.OK, value, ""
+            outcome = _classify(exc), None, _describe(exc)
+        if meter.exhausted is not None:  # even if the contract swallowed the exception
+            outcome = TxStatus.RESOURCE_LIMIT, None, meter.exhausted
+        spent = min(self._limits.max_steps, self._limits.max_steps - meter.steps_left)
+        return (*outcome, spent)
 
     def evaluate(
         self,

@@ -98,6 +98,10 @@ class SandboxLimits:
     """Elements allocated per step charged."""
     max_source_bytes: int = 256 * 1024
     """Size of a contract's source."""
+    max_block_steps: int = 1_000_000
+    """Steps a proposer lets one block spend: once its transactions have used this
+    many, the rest wait for the next block (so runaway transactions cannot make a
+    block outlast the view-change timeout)."""
 
 
 DEFAULT_LIMITS = SandboxLimits()

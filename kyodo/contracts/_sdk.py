@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, overload
 
-from kyodo.contracts.errors import ArgumentError
+from kyodo.contracts.errors import ArgumentError, ContractError
 
 __all__ = ["Contract", "FunctionSpec", "check_rule", "function", "rule_matches", "sha256_hex"]
 
@@ -36,6 +37,21 @@ class FunctionSpec:
     read_only: bool
     allow: tuple[str, ...] | None = None
     """Access rules (``org.role``, ``*`` matches any); None: the package's default."""
+    returns: type | None = None
+    """The declared return type (its outer type: ``dict`` for ``dict[str, Any]``;
+    ``type(None)`` for ``None``); None when undeclared or ``Any``."""
+
+    def check_result(self, value: Any) -> None:
+        """Raise ContractError unless ``value`` is of the declared return type."""
+        expected = self.returns
+        if expected is None or type(value) is expected:
+            return
+        if expected is list and type(value) is tuple:
+            return  # tuples become lists in the canonical model
+        shown = "None" if expected is type(None) else _ALLOWED.get(expected, expected.__name__)
+        raise ContractError(
+            f"{self.name} is declared to return {shown} but returned {type(value).__name__}"
+        )
 
     def check_args(self, args: tuple[Any, ...]) -> None:
         """Raise ArgumentError unless ``args`` match the declared parameters exactly."""
@@ -89,6 +105,19 @@ def function(
     return mark(fn) if fn is not None else mark
 
 
+def _outer_type(annotation: Any) -> Any:
+    """``list`` for ``list[str]``, ``dict`` for ``dict[str, Any]``; else unchanged."""
+    origin = typing.get_origin(annotation)
+    return origin if origin in (list, dict) else annotation
+
+
+def _return_type(annotation: Any) -> type | None:
+    if annotation is None or annotation is type(None):
+        return type(None)
+    outer = _outer_type(annotation)
+    return outer if outer in _ALLOWED else None
+
+
 def check_rule(rule: Any) -> str:
     """``rule`` if it is a well-formed access rule; raise ArgumentError otherwise."""
     if not isinstance(rule, str):
@@ -137,9 +166,12 @@ class Contract:
                 hints = inspect.get_annotations(member, eval_str=True)
                 params = []
                 for pname in list(inspect.signature(member).parameters)[2:]:
-                    ptype = hints.get(pname)
+                    ptype = _outer_type(hints.get(pname))
                     if ptype not in _ALLOWED:
-                        raise TypeError(f"{cls.__name__}.{attr}: parameter {pname} needs a type")
+                        raise TypeError(
+                            f"{cls.__name__}.{attr}: parameter {pname} needs a type "
+                            f"({', '.join(_ALLOWED.values())})"
+                        )
                     params.append((pname, ptype))
                 specs[attr] = FunctionSpec(
                     name=attr,
@@ -147,6 +179,7 @@ class Contract:
                     params=tuple(params),
                     read_only=read_only,
                     allow=getattr(member, "__kyodo_allow__", None),
+                    returns=_return_type(hints.get("return", Any)),
                 )
             cls._specs = specs
         specs_now: dict[str, FunctionSpec] | None = cls.__dict__["_specs"]

@@ -717,7 +717,9 @@ class Node:
             height=height + 1,
             block_time_ms=block_time,
             members=self._members_at(height + 1),
+            cut_at_block_budget=True,
         )
+        checked = checked[: len(execution.results)]  # the rest stay in the pool
         prepared = prepare_state(
             store, store.state_root(), height + 1, execution.writes, execution.history
         )

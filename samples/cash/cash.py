@@ -1,7 +1,7 @@
-"""Token: the asset-transfer sample as a deployed (sandboxed) contract.
+"""Cash: the asset-transfer sample as a deployed (sandboxed) contract.
 
 The same functions as the built-in ``asset_transfer`` (so ``kyodo bench
---contract token`` can drive it), written as a contract author would: accounts
+--contract cash`` can drive it), written as a contract author would: accounts
 bound to an enrollment identity (``org/name``), issuance by admins, transfers
 by owners. ``VERSION`` appears in every transfer's result, so an upgrade can be
 seen in the chain: each transaction shows the version that executed it.
@@ -14,7 +14,7 @@ from kyodo.contract import Context, Contract, ContractError, function
 VERSION = "1"
 
 
-class Token(Contract):
+class Cash(Contract):
     """Accounts with integer balances (minor units)."""
 
     @function
