@@ -11,7 +11,7 @@ cannot tell the difference.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -23,6 +23,7 @@ from kyodo.contracts._executor import BlockExecution, Executor
 from kyodo.contracts._lifecycle import LifecycleContract
 from kyodo.contracts._package import ContractPackage
 from kyodo.contracts._sandbox import DEFAULT_LIMITS, SandboxLimits
+from kyodo.contracts._sdk import Contract
 from kyodo.identity import Member, Role
 from kyodo.ledger import (
     CheckedTx,
@@ -107,10 +108,13 @@ class LocalLedger:
         *,
         limits: SandboxLimits = DEFAULT_LIMITS,
         start_ms: int = 1_767_225_600_000,
+        builtins: Mapping[str, type[Contract]] | None = None,
     ) -> None:
         self.orgs = tuple(sorted(orgs))
         self.state = InMemoryState()
-        self.executor = Executor({LifecycleContract.name: LifecycleContract}, limits)
+        contracts: dict[str, type[Contract]] = {LifecycleContract.name: LifecycleContract}
+        contracts.update(builtins or {})
+        self.executor = Executor(contracts, limits)
         self.height = 0
         self.block_time_ms = start_ms
         """The timestamp of the next block (``advance`` moves it)."""
