@@ -299,3 +299,34 @@ def test_syntax_errors_and_oversized_sources_are_violations_not_crashes() -> Non
     assert "null bytes" in check_source("x = 1\0", "nul.py")[0].reason
     deep = check_source("x = " + "[" * 5000 + "]" * 5000, "deep.py")
     assert deep and ("nested too deeply" in deep[0].reason or "syntax error" in deep[0].reason)
+
+
+LINEAR = HEADER + textwrap.dedent(
+    """
+    class Linear(Contract):
+        @function
+        def scan(self, ctx: Context, kind: str) -> int:
+            big = [0] * 900_000
+            text = "a" * 900_000
+            n = 0
+            for _ in range(100_000):
+                if kind == "in":
+                    n += 1 if 7 in big else 0
+                elif kind == "max":
+                    n += max(big)
+                elif kind == "find":
+                    n += text.find("b")
+                elif kind == "sort":
+                    big.sort()
+                elif kind == "fstring":
+                    text = f"{text}{text}"
+            return n
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["in", "max", "find", "sort", "fstring"])
+def test_work_linear_in_a_values_size_is_charged_before_it_runs(kind: str) -> None:
+    cls = compile_contract(LINEAR, "linear.py")["Linear"]
+    with pytest.raises(ResourceLimitExceeded):
+        run(cls, "scan", kind)

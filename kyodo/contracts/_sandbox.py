@@ -723,13 +723,27 @@ class Guards:
     @staticmethod
     def call(obj: Any, name: str, /, *args: Any, **kwargs: Any) -> Any:
         meter = _meter()
-        if isinstance(obj, str | bytes | list):
-            _predict_method(meter, obj, name, args, kwargs)
+        if isinstance(obj, _SIZED):
+            _charge_work(meter, obj, name, args)
+            if isinstance(obj, str | bytes | list):
+                _predict_method(meter, obj, name, args, kwargs)
         elif isinstance(obj, int) and name == "to_bytes" and args:
             length = args[0]
             if isinstance(length, int):
                 _predict(meter, length)
         return _check_size(meter, getattr(obj, name)(*args, **kwargs))
+
+    @staticmethod
+    def operand(value: Any) -> Any:
+        """A comparison operand: comparing (``==``, ``in``) is linear in its size."""
+        if isinstance(value, _SIZED):
+            _meter().charge(len(value) // _meter().limits.alloc_per_step)
+        return value
+
+    @staticmethod
+    def joined(value: str) -> str:
+        """An f-string's result: size-checked like any other allocation."""
+        return _check_size(_meter(), value)  # type: ignore[no-any-return]
 
     @staticmethod
     def typecall(name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -739,6 +753,30 @@ class Guards:
     def text(value: Any) -> Any:
         _check_text(value, [10_000])
         return value
+
+
+_CONSTANT_TIME_METHODS = frozenset(
+    {"append", "get", "setdefault", "keys", "values", "items", "popitem", "clear", "extend",
+     "update", "join"}
+)  # fmt: skip
+"""Methods whose work does not grow with the receiver's size (their arguments' sizes
+are charged all the same)."""
+
+
+def _charge_work(meter: Meter, obj: Any, name: str, args: tuple[Any, ...]) -> None:
+    """Charge, before it runs, work that grows with the receiver and the arguments:
+    ``find``, ``index``, ``count``, ``insert``, ``sort``, ``copy``... on a large value
+    would otherwise cost one step each."""
+    per = meter.limits.alloc_per_step
+    work = sum(len(a) for a in args if isinstance(a, _SIZED))
+    if name == "pop" and isinstance(obj, list) and not args:
+        pass  # popping the last element is constant time
+    elif name == "sort":
+        work += len(obj) * 4  # n log n, with n at most max_len
+    elif name not in _CONSTANT_TIME_METHODS:
+        work += len(obj)
+    if work >= per:
+        meter.charge(work // per)
 
 
 def _predict_method(meter: Meter, obj: Any, name: str, args: tuple[Any, ...], kw: Any) -> None:
@@ -758,6 +796,9 @@ def _predict_method(meter: Meter, obj: Any, name: str, args: tuple[Any, ...], kw
         if isinstance(items, list | tuple):
             total = sum(len(i) if isinstance(i, str | bytes) else 0 for i in items)
             _predict(meter, total + len(obj) * len(items))
+    elif name == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str | bytes)), default=1)
+        _predict(meter, len(obj) * max(longest, 1))
     elif name == "extend" and args and isinstance(obj, list):
         extra = args[0]
         if isinstance(extra, _SIZED):
@@ -820,6 +861,28 @@ def _guarded_sum(items: Iterable[Any], start: int = 0) -> Any:
     return _check_size(_meter(), sum(Guards.it(items), start))
 
 
+def _scanning(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``max``, ``min``, ``any``, ``all``, ``sorted``: charge the scan before it runs
+    (a sized argument by its size, any other iterable item by item)."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        meter = _meter()
+        if len(args) == 1:
+            first = args[0]
+            if isinstance(first, set | frozenset):
+                raise ContractError("sets iterate in hash order and are not allowed; use a dict")
+            if isinstance(first, _SIZED):
+                meter.charge(
+                    1 + len(first) * (4 if fn is sorted else 1) // meter.limits.alloc_per_step
+                )
+            else:
+                args = (Guards.it(first),)
+        return _check_size(meter, fn(*args, **kwargs))
+
+    guarded.__name__ = fn.__name__
+    return guarded
+
+
 def _copying(fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], set | frozenset):
@@ -857,8 +920,8 @@ _OP_SYMBOLS: dict[type[ast.operator], str] = {
 }  # fmt: skip
 
 _SAFE_BUILTINS = (
-    "abs", "all", "any", "bool", "chr", "dict", "divmod", "enumerate", "filter", "int",
-    "isinstance", "issubclass", "len", "map", "max", "min", "next", "ord", "zip", "hex",
+    "abs", "bool", "chr", "divmod", "enumerate", "filter", "int",
+    "isinstance", "issubclass", "len", "map", "next", "ord", "zip", "hex",
     "bin", "oct", "callable",
     "Exception", "ValueError", "KeyError", "IndexError", "TypeError", "ArithmeticError",
     "ZeroDivisionError", "LookupError", "OverflowError", "RuntimeError", "StopIteration",
@@ -878,7 +941,11 @@ def _sandbox_builtins(importer: Callable[..., Any]) -> dict[str, Any]:
         pow=_guarded_pow,
         repr=_guarded_repr,
         sum=_guarded_sum,
-        sorted=_copying(sorted),
+        sorted=_scanning(sorted),
+        max=_scanning(max),
+        min=_scanning(min),
+        any=_scanning(any),
+        all=_scanning(all),
         reversed=_copying(lambda seq: list(reversed(seq))),
         __build_class__=builtins.__build_class__,
         __import__=importer,
@@ -1020,8 +1087,18 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.FormattedValue:
+        # the format spec is a literal (verified): only the value is rewritten
+        node.value = _guard_call("text", self.visit(node.value))
+        return node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
         self.generic_visit(node)
-        node.value = _guard_call("text", node.value)
+        return _guard_call("joined", node)
+
+    def visit_Compare(self, node: ast.Compare) -> ast.Compare:
+        self.generic_visit(node)
+        node.left = _operand(node.left)
+        node.comparators = [_operand(c) for c in node.comparators]
         return node
 
     def visit_Dict(self, node: ast.Dict) -> ast.expr:
@@ -1032,6 +1109,12 @@ class _Rewriter(ast.NodeTransformer):
                 for k, v in zip(node.keys, node.values, strict=True)
             ]
         return node
+
+
+def _operand(node: ast.expr) -> ast.expr:
+    if isinstance(node, ast.Constant):
+        return node  # a literal's size is bounded by the verifier
+    return _guard_call("operand", node)
 
 
 def _is_guard(node: ast.expr) -> bool:
