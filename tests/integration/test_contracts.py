@@ -122,8 +122,24 @@ def test_upgrade_under_bench_load_fails_no_transaction_and_splits_at_one_height(
         v2 = TOKEN.read_text().replace('VERSION = "1"', 'VERSION = "2"')
         v2_file = network.folder / "token_v2.py"
         v2_file.write_text(v2)
-        upgraded = deploy(network, v2_file, name="token", version="2.0.0")
-        assert upgraded["action"] == "upgrade"
+        v2_pkg = network.folder / "token-2.kpkg"
+        packaged = subprocess.run(
+            [
+                *(*KYODO, "contract", "package", str(v2_file), "--name", "token"),
+                *("--version", "2.0.0", "--out", str(v2_pkg)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert packaged.returncode == 0, packaged.stderr
+        approved = kyodo("contract", "approve", str(v2_pkg), "--all-orgs", folder=network.folder)
+        assert approved.returncode == 0 and "ready to commit" in approved.stdout, approved.stderr
+        done = kyodo("contract", "upgrade", str(v2_pkg), "--json", folder=network.folder)
+        assert done.returncode == 0, done.stderr
+        upgraded = json.loads(done.stdout)
+        assert upgraded["action"] == "upgrade" and upgraded["version"] == "2.0.0"
         out, errors = bench.communicate(timeout=120)
     finally:
         if bench.poll() is None:
