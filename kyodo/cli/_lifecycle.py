@@ -216,11 +216,11 @@ def watch_and_upgrade(
 
 def describe_functions(package: ContractPackage) -> list[dict[str, Any]]:
     """The package's functions: name, parameters, read-only, who may call."""
-    from kyodo.contracts import load_package_class
+    from kyodo.contracts import load_package_class, specs_of
 
     cls = load_package_class(package)
     rows = []
-    for name, spec in sorted(cls.functions().items()):
+    for name, spec in sorted(specs_of(cls).items()):
         rows.append(
             {
                 "function": name,

@@ -7,7 +7,7 @@ from kyodo.contracts._executor import BlockExecution, Executor, load_package_cla
 from kyodo.contracts._lifecycle import ACTIONS, LifecycleContract, policy_digest
 from kyodo.contracts._package import MAX_PACKAGE_BYTES, ContractPackage, decode_package
 from kyodo.contracts._sandbox import Meter, SandboxLimits, Violation, check_source, metered
-from kyodo.contracts._sdk import Contract, FunctionSpec, function, sha256_hex
+from kyodo.contracts._sdk import Contract, FunctionSpec, function, sha256_hex, specs_of
 from kyodo.contracts.errors import (
     AccessDeniedError,
     ArgumentError,
@@ -63,4 +63,5 @@ __all__ = [
     "metered",
     "policy_digest",
     "sha256_hex",
+    "specs_of",
 ]

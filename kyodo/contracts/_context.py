@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kyodo.codec import EncodeError, decode_value, encode_value
+from kyodo.contracts._sandbox import charge_current, check_no_address, expanded_size
 from kyodo.contracts.errors import ContractError
 from kyodo.ledger import Event, HistoryEntry, StateEntry, encode_state_key
 
@@ -31,6 +32,12 @@ __all__ = ["Caller", "Context", "StateReader", "TxOverlay"]
 _DELETED = object()
 MAX_VALUE_BYTES = 256 * 1024
 MAX_KEY_CHARS = 512
+MAX_STORED_ELEMENTS = 262_144
+"""Elements (counted as a walk visits them) of one stored value, payload or result."""
+MAX_EVENTS = 1000
+MAX_EVENT_NAME = 128
+MAX_EVENT_BYTES = 1024 * 1024
+"""Encoded size of all events of one transaction."""
 
 
 class StateReader(Protocol):
@@ -123,6 +130,7 @@ class Context:
         self._namespace = namespace
         self._overlay = overlay
         self._events: list[Event] = []
+        self._event_bytes = 0
         self.caller = caller
         self.block_time = block_time_ms
         """The block's timestamp in ms since the epoch (the same on every node)."""
@@ -141,7 +149,11 @@ class Context:
 
     def _state_key(self, key: str) -> bytes:
         if not isinstance(key, str) or not key or "\x00" in key or len(key) > MAX_KEY_CHARS:
-            raise ContractError(f"invalid key {key!r}: a non-empty string without NUL")
+            shown = f"{key[:40]!r}" if isinstance(key, str) else f"a {type(key).__name__}"
+            raise ContractError(
+                f"invalid key {shown}: keys are non-empty strings without NUL, "
+                f"at most {MAX_KEY_CHARS} characters"
+            )
         return encode_state_key(self._namespace, key)
 
     def get(self, key: str) -> Any:
@@ -153,7 +165,7 @@ class Context:
         if value is None:
             raise ContractError("cannot store None; use delete()")
         try:
-            encoded = encode_value(canonical(value))
+            encoded = encode_value(storable(value, f"value for {key[:40]!r}"))
         except EncodeError as exc:
             raise ContractError(f"value for {key!r} is not storable: {exc}") from exc
         if len(encoded) > MAX_VALUE_BYTES:
@@ -185,11 +197,18 @@ class Context:
 
         Delivery to subscribers (event streams) comes with issue 7.
         """
-        payload = canonical(payload)
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_EVENT_NAME:
+            raise ContractError(f"an event name is a string of 1 to {MAX_EVENT_NAME} characters")
+        if len(self._events) >= MAX_EVENTS:
+            raise ContractError(f"a transaction emits at most {MAX_EVENTS} events")
+        payload = storable(payload, f"payload of event {name!r}")
         try:
-            encode_value(payload)
+            size = len(encode_value(payload))
         except EncodeError as exc:
             raise ContractError(f"event payload is not encodable: {exc}") from exc
+        self._event_bytes += size
+        if self._event_bytes > MAX_EVENT_BYTES:
+            raise ContractError(f"a transaction's events are at most {MAX_EVENT_BYTES} bytes")
         self._events.append(Event(contract=self._namespace, name=name, payload=payload))
 
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
@@ -208,6 +227,28 @@ def canonical(value: Any) -> Any:
         return [canonical(v) for v in value]
     if isinstance(value, dict):
         return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
+def storable(value: Any, what: str) -> Any:
+    """``value`` made canonical for state, events or results; refused (ContractError)
+    if it would expand to more than MAX_STORED_ELEMENTS, nests too deeply, or holds
+    text showing a memory address. Its size is charged to the running meter."""
+    elements = expanded_size(value, MAX_STORED_ELEMENTS)
+    if elements > MAX_STORED_ELEMENTS:
+        raise ContractError(f"{what} has over {MAX_STORED_ELEMENTS} elements")
+    charge_current(elements // 16)
+    return _canonical_checked(value)
+
+
+def _canonical_checked(value: Any) -> Any:
+    if isinstance(value, str):
+        return check_no_address(value)
+    if isinstance(value, tuple | list):
+        return [_canonical_checked(v) for v in value]
+    if isinstance(value, dict):
+        return {check_no_address(k) if isinstance(k, str) else k: _canonical_checked(v)
+                for k, v in value.items()}  # fmt: skip
     return value
 
 

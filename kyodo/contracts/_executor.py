@@ -21,10 +21,14 @@ read-only (``CONTRACT_TERMINATED``), or a resource limit is exceeded
 
 from __future__ import annotations
 
+import re
+import sys
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kyodo.codec import EncodeError, decode_value, encode_value
 from kyodo.contracts._context import (
@@ -33,11 +37,11 @@ from kyodo.contracts._context import (
     Context,
     StateReader,
     TxOverlay,
-    canonical,
+    storable,
 )
 from kyodo.contracts._package import ContractPackage, decode_package
 from kyodo.contracts._sandbox import DEFAULT_LIMITS, Meter, SandboxLimits, compile_contract, metered
-from kyodo.contracts._sdk import Contract, FunctionSpec, rule_matches
+from kyodo.contracts._sdk import Contract, FunctionSpec, rule_matches, specs_of
 from kyodo.contracts.errors import (
     AccessDeniedError,
     ContractError,
@@ -52,6 +56,10 @@ from kyodo.ledger import CheckedTx, TxResult, TxStatus, split_state_key
 __all__ = ["BlockExecution", "Executor", "load_package_class"]
 
 MAX_INVOKE_DEPTH = 8
+EXECUTION_THREADS = 4
+"""Threads executions run on (the block executor and concurrent queries)."""
+_INT_MAX_STR_DIGITS = 4300
+_T = TypeVar("_T")
 MAX_CACHED_PACKAGES = 64
 LIFECYCLE = "_lifecycle"
 
@@ -94,7 +102,8 @@ def load_package_class(
         )
     cls = found[0]
     cls.name = package.name  # the namespace is the package's name, whatever the class says
-    cls.functions()  # refuse badly annotated functions now, not at the first call
+    cls._kyodo_sandboxed = True  # never evaluate its annotations from strings
+    specs_of(cls)  # refuse badly annotated functions now, not at the first call
     return cls
 
 
@@ -167,7 +176,7 @@ class _Call:
         instance = self.executor.instance(cls)
         result = spec.fn(instance, ctx, *args)
         spec.check_result(result)
-        result = canonical(result)
+        result = storable(result, f"the result of {spec.name}")
         self.events.extend(ctx.events)
         try:
             encode_value(result)
@@ -187,7 +196,7 @@ class _SystemHooks:
         """Run ``function`` of ``package`` (if it has one; ``init`` is optional) in its
         namespace within this transaction, bypassing access rules."""
         cls = self._call.executor.package_class(package)
-        spec = cls.functions().get(function)
+        spec = specs_of(cls).get(function)
         if spec is None:
             if function == "init":
                 return None
@@ -197,7 +206,7 @@ class _SystemHooks:
 
 
 def _spec(cls: type[Contract], contract: str, function: str) -> FunctionSpec:
-    spec = cls.functions().get(function)
+    spec = specs_of(cls).get(function)
     if spec is None:
         raise UnknownContractError(f"contract {contract!r} has no function {function!r}")
     return spec
@@ -228,6 +237,18 @@ class Executor:
         self._limits = limits
         self._instances = {cls: cls() for cls in self._builtins.values()}
         self._packages: OrderedDict[bytes, type[Contract]] = OrderedDict()
+        self._package_lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(EXECUTION_THREADS, thread_name_prefix="contracts")
+        """Every execution runs on one of these threads, at the same stack depth, so that
+        Python's recursion limit (reached by C code walking deeply nested values) is hit
+        at the same point on every node, whichever path (proposal, verification, query)
+        asked for the execution."""
+        # The int <-> text limit is process-wide and settable by the environment
+        # (PYTHONINTMAXSTRDIGITS); pin it, so no node's environment decides a result.
+        sys.set_int_max_str_digits(_INT_MAX_STR_DIGITS)
+
+    def _at_fixed_depth(self, fn: Callable[[], _T]) -> _T:
+        return self._workers.submit(fn).result()
 
     def contract_names(self) -> list[str]:
         """Names of the built-in contracts (deployed ones are in ``_lifecycle``'s state)."""
@@ -241,14 +262,16 @@ class Executor:
     def package_class(self, package: ContractPackage) -> type[Contract]:
         """The compiled class of ``package`` (cached by hash)."""
         digest = package.package_hash()
-        cls = self._packages.get(digest)
-        if cls is None:
-            cls = load_package_class(package, self._limits)
+        with self._package_lock:
+            cls = self._packages.get(digest)
+            if cls is not None:
+                self._packages.move_to_end(digest)
+                return cls
+        cls = load_package_class(package, self._limits)
+        with self._package_lock:
             self._packages[digest] = cls
             while len(self._packages) > MAX_CACHED_PACKAGES:
                 self._packages.popitem(last=False)
-        else:
-            self._packages.move_to_end(digest)
         return cls
 
     def _resolver(self, state: StateReader) -> Any:
@@ -299,6 +322,21 @@ class Executor:
         ``max_block_steps``; ``results`` then covers a prefix of ``txs``, which is
         what the block carries.
         """
+        return self._at_fixed_depth(
+            lambda: self._execute_block(
+                state, txs, height, block_time_ms, members, cut_at_block_budget
+            )
+        )
+
+    def _execute_block(
+        self,
+        state: StateReader,
+        txs: Sequence[CheckedTx],
+        height: int,
+        block_time_ms: int,
+        members: tuple[str, ...],
+        cut_at_block_budget: bool,
+    ) -> BlockExecution:
         block = TxOverlay(state)
         resolve = self._resolver(state)
         results: list[TxResult] = []
@@ -366,8 +404,8 @@ class Executor:
             outcome = TxStatus.RESOURCE_LIMIT, None, str(exc)
         except MemoryError:
             outcome = TxStatus.RESOURCE_LIMIT, None, "out of memory"
-        except RecursionError:
-            raise  # our depth limits sit far below Python's: reaching it is a bug of ours
+        except RecursionError:  # reached at the same depth everywhere: _at_fixed_depth
+            outcome = TxStatus.RESOURCE_LIMIT, None, "recursion too deep"
         except Exception as exc:  # a contract's failure fails its transaction, not the chain
             outcome = _classify(exc), None, _describe(exc)
         if meter.exhausted is not None:  # even if the contract swallowed the exception
@@ -386,6 +424,18 @@ class Executor:
     ) -> Any:
         """Run a function without keeping its writes (a query); raise ContractError
         (UnknownContractError, AccessDeniedError, ...) if it fails."""
+        return self._at_fixed_depth(
+            lambda: self._evaluate(state, checked, height, block_time_ms, members)
+        )
+
+    def _evaluate(
+        self,
+        state: StateReader,
+        checked: CheckedTx,
+        height: int,
+        block_time_ms: int,
+        members: tuple[str, ...],
+    ) -> Any:
         call = self._new_call(self._resolver(state), checked, height, block_time_ms, members)
         tx = checked.tx
         meter = Meter(self._limits)
@@ -399,10 +449,11 @@ class Executor:
         except MemoryError:
             raise ContractError("resource limit: out of memory") from None
         except RecursionError:
-            raise
-        except ContractError:
+            raise ContractError("resource limit: recursion too deep") from None
+        except ContractError as exc:
             if meter.exhausted is not None:
                 raise ContractError(f"resource limit: {meter.exhausted}") from None
+            exc.args = (_describe(exc),)
             raise
         except Exception as exc:
             raise ContractError(_describe(exc)) from exc
@@ -425,10 +476,18 @@ def _classify(exc: Exception) -> TxStatus:
     return TxStatus.CONTRACT_ERROR
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
+
+
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, ContractError):
-        return str(exc)
-    return f"contract raised {type(exc).__name__}: {exc}"
+    """The failure message kept in the block: the same on every node, so memory
+    addresses (in reprs the contract or Python put in it) are blanked."""
+    text = (
+        str(exc)
+        if isinstance(exc, ContractError)
+        else f"contract raised {type(exc).__name__}: {exc}"
+    )
+    return _ADDRESS.sub("0x?", text)
 
 
 def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:

@@ -140,14 +140,15 @@ class LifecycleContract(Contract):
     def commit(self, ctx: Context, package: bytes) -> dict[str, Any]:
         """Deploy or upgrade the contract in ``package`` (approved by its hash)."""
         pkg = decode_package(package)
-        pkg.check()
         digest = pkg.package_hash()
         current = _definition(ctx, pkg.name)
         if current is not None and current["status"] == "terminated":
             raise LifecycleError(f"{pkg.name} was terminated; deploy under a new name")
         action = "deploy" if current is None else "upgrade"
         sequence = 1 + (0 if current is None else int(current["sequence"]))
+        # approvals first: an unapproved package's code is never even parsed
         approvers = _require_quorum(ctx, pkg.name, sequence, action, digest)
+        pkg.check()
         system = ctx.system
         if system is None:
             raise AssertionError("the executor gives _lifecycle its system hooks")

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -68,8 +69,11 @@ __all__ = [
     "Meter",
     "SandboxLimits",
     "Violation",
+    "charge_current",
+    "check_no_address",
     "check_source",
     "compile_contract",
+    "expanded_size",
     "metered",
     "verify_source",
 ]
@@ -247,9 +251,30 @@ _ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset(
 
 _IMMUTABLE_CONSTANT = (int, str, bytes, bool, type(None))
 
-_GUARDED_TYPES = frozenset({"str", "bytes", "list", "tuple", "dict"})
+_GUARDED_TYPES = frozenset({"int", "str", "bytes", "list", "tuple", "dict"})
 """Builtin types that stay the real types (for annotations and isinstance) but whose
 calls the rewriter sends through a guard (text form, size of the copy)."""
+
+
+def _is_type_expression(node: ast.expr) -> bool:
+    """Names, dotted names, ``X[Y, Z]``, ``X | Y`` and ``None``: nothing that computes."""
+    if isinstance(node, ast.Name):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _is_type_expression(node.value)
+    if isinstance(node, ast.Constant):
+        return node.value is None
+    if isinstance(node, ast.Subscript):
+        return _is_type_expression(node.value) and _is_type_expression(node.slice)
+    if isinstance(node, ast.Tuple):
+        return all(_is_type_expression(e) for e in node.elts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _is_type_expression(node.left) and _is_type_expression(node.right)
+    return False
+
+
+_RESERVED_MEMBERS = frozenset({"functions"})
+"""Contract members the executor relies on; a contract may not redefine them."""
 
 
 def _module_reason(module: str) -> str:
@@ -362,6 +387,13 @@ class _Verifier(ast.NodeVisitor):
                 self.refuse(base, "a base class must be a plain name")
         for stmt in node.body:
             self._check_top_level(stmt, where="class")
+            if isinstance(stmt, ast.FunctionDef) and stmt.name in _RESERVED_MEMBERS:
+                self.refuse(stmt, f"{stmt.name!r} is reserved by Contract and may not be redefined")
+            if isinstance(stmt, ast.Assign | ast.AnnAssign):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id in _RESERVED_MEMBERS:
+                        self.refuse(stmt, f"{target.id!r} is reserved by Contract")
         for child in node.bases + node.body:
             self.visit(child)
 
@@ -399,6 +431,12 @@ class _Verifier(ast.NodeVisitor):
         for child in ast.walk(annotation):
             if isinstance(child, ast.Constant) and isinstance(child.value, str):
                 self.refuse(child, "string annotations are not allowed (they are evaluated later)")
+                return
+        if not _is_type_expression(annotation):
+            self.refuse(
+                annotation,
+                "an annotation must be a type (a name, X[Y], X | None), not an expression",
+            )
 
     # --- names and attributes
 
@@ -514,6 +552,8 @@ def check_source(
         return [Violation(filename, exc.lineno or 0, exc.offset or 0, f"syntax error: {exc.msg}")]
     except ValueError as exc:  # e.g. NUL bytes
         return [Violation(filename, 0, 0, f"source cannot be parsed: {exc}")]
+    except (RecursionError, MemoryError):  # the parser's own limits: 1+1+1+... x 10,000
+        return [Violation(filename, 0, 0, "source is nested too deeply to parse")]
     verifier = _Verifier(filename, limits)
     try:
         verifier.visit(tree)
@@ -579,6 +619,14 @@ class metered:
         _current.meter = self.outer
 
 
+def charge_current(steps: int) -> None:
+    """Charge the meter of this thread's running execution, if there is one (trusted
+    code, such as the context's ``put``, pays for the work a contract asks of it)."""
+    meter: Meter | None = getattr(_current, "meter", None)
+    if meter is not None and steps > 0:
+        meter.charge(steps)
+
+
 def _meter() -> Meter:
     meter: Meter | None = getattr(_current, "meter", None)
     if meter is None:
@@ -620,28 +668,62 @@ def _predict(meter: Meter, n: int) -> None:
         raise meter.fail(f"a value of {n} elements is over the limit of {meter.limits.max_len}")
 
 
-_DETERMINISTIC_TEXT = (int, str, bytes, bool, type(None), BaseException)
+_SCALAR_TEXT = (int, str, bytes, bool, type(None))
+_CONTAINERS = (list, tuple, dict)
+_ADDRESS = " at 0x"
+"""How CPython shows a memory address in a repr (``<function f at 0x7f...>``)."""
 
 
-def _check_text(value: Any, budget: list[int]) -> None:
-    """Refuse objects whose text carries a memory address (functions, classes, ...)."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        return
-    if isinstance(value, _DETERMINISTIC_TEXT):
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_text(item, budget)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, budget)
-            _check_text(item, budget)
-        return
-    raise ContractError(
-        f"a {type(value).__name__} has no deterministic text form (it shows a memory address)"
-    )
+def check_no_address(text: str) -> str:
+    """Refuse text that carries a memory address: it differs between processes."""
+    if _ADDRESS in text:
+        raise ContractError(
+            "a value's text shows a memory address, which differs between nodes "
+            "(functions, classes and objects have no deterministic text form)"
+        )
+    return text
+
+
+def expanded_size(value: Any, cap: int, *, max_depth: int = 64) -> int:
+    """How many elements a walk of ``value`` visits (shared parts counted each time they
+    are reached, as ``==``, ``repr`` and encoding do), up to ``cap + 1``.
+
+    Computed over the distinct containers only, so ``a = [a, a]`` twenty times costs
+    twenty visits to find that it expands to a million. Nesting deeper than
+    ``max_depth`` is refused (deterministically, before C code recurses into it).
+    """
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    memo: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        key = id(node)
+        known = memo.get(key)
+        if known is not None:
+            return known
+        if depth > max_depth:
+            raise ContractError(f"a value nested deeper than {max_depth} levels is not allowed")
+        items = list(node.items()) if isinstance(node, dict) else node
+        total = 1 + len(node)
+        if not _CONTAINERS_IN.isdisjoint(map(type, _flatten_pairs(items, node))):
+            for item in _flatten_pairs(items, node):
+                if isinstance(item, _CONTAINERS):
+                    total += size(item, depth + 1) - 1
+                    if total > cap:
+                        break
+        memo[key] = total
+        return total
+
+    return size(value, 0)
+
+
+_CONTAINERS_IN = frozenset(_CONTAINERS)
+
+
+def _flatten_pairs(items: Any, node: Any) -> Any:
+    if isinstance(node, dict):
+        return [part for pair in items for part in pair]
+    return items
 
 
 class Guards:
@@ -697,14 +779,33 @@ class Guards:
     @staticmethod
     def binop(op: str, left: Any, right: Any) -> Any:
         meter = _meter()
+        meter.charge(1)
         _precheck(meter, op, left, right)
         return _check_size(meter, _BINOPS[op](left, right))
 
     @staticmethod
     def iop(op: str, left: Any, right: Any) -> Any:
         meter = _meter()
+        meter.charge(1)
         _precheck(meter, op, left, right)
         return _check_size(meter, _IOPS[op](left, right))
+
+    @staticmethod
+    def attr(obj: Any, name: str) -> Any:
+        """An attribute read without calling it: a method comes back guarded, so a
+        method kept in a variable is metered like ``obj.method(...)``."""
+        value = getattr(obj, name)
+        if callable(value) and not isinstance(value, type):
+            return functools.partial(Guards.call, obj, name)
+        return value
+
+    @staticmethod
+    def rethrow(error: BaseException) -> None:
+        """First statement of every ``except`` block: limits stay uncatchable."""
+        if isinstance(error, MemoryError):
+            raise _meter().fail("out of memory")
+        if isinstance(error, RecursionError):
+            raise _meter().fail("recursion too deep")
 
     @staticmethod
     def slice(value: Any, lower: Any, upper: Any, stride: Any) -> Any:
@@ -723,6 +824,9 @@ class Guards:
     @staticmethod
     def call(obj: Any, name: str, /, *args: Any, **kwargs: Any) -> Any:
         meter = _meter()
+        meter.charge(1)
+        if name == "join" and args and not isinstance(args[0], list | tuple):
+            args = (_check_size(meter, list(Guards.it(args[0]))), *args[1:])
         if isinstance(obj, _SIZED):
             _charge_work(meter, obj, name, args)
             if isinstance(obj, str | bytes | list):
@@ -735,15 +839,26 @@ class Guards:
 
     @staticmethod
     def operand(value: Any) -> Any:
-        """A comparison operand: comparing (``==``, ``in``) is linear in its size."""
+        """A comparison operand: comparing (``==``, ``in``) walks all of it."""
         if isinstance(value, _SIZED):
-            _meter().charge(len(value) // _meter().limits.alloc_per_step)
+            meter = _meter()
+            per = meter.limits.alloc_per_step
+            walked = expanded_size(value, max(meter.steps_left, 0) * per)
+            meter.charge(walked // per)
+        return value
+
+    @staticmethod
+    def key(value: Any) -> Any:
+        """A subscript or dict-display key: hashing a tuple walks all of it."""
+        if isinstance(value, tuple):
+            meter = _meter()
+            meter.charge(_walk_cost(meter, value) // meter.limits.alloc_per_step)
         return value
 
     @staticmethod
     def joined(value: str) -> str:
         """An f-string's result: size-checked like any other allocation."""
-        return _check_size(_meter(), value)  # type: ignore[no-any-return]
+        return check_no_address(_check_size(_meter(), value))
 
     @staticmethod
     def typecall(name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -751,7 +866,11 @@ class Guards:
 
     @staticmethod
     def text(value: Any) -> Any:
-        _check_text(value, [10_000])
+        """An f-string value: refuse before formatting what would expand too much."""
+        if isinstance(value, _CONTAINERS):
+            meter = _meter()
+            if expanded_size(value, meter.limits.max_len) > meter.limits.max_len:
+                raise meter.fail("the text of this value would be over the size limit")
         return value
 
 
@@ -763,12 +882,19 @@ _CONSTANT_TIME_METHODS = frozenset(
 are charged all the same)."""
 
 
+def _walk_cost(meter: Meter, value: Any) -> int:
+    """Elements hashing or comparing ``value`` visits (tuples may share parts)."""
+    if isinstance(value, tuple):
+        return expanded_size(value, max(meter.steps_left, 0) * meter.limits.alloc_per_step)
+    return len(value)
+
+
 def _charge_work(meter: Meter, obj: Any, name: str, args: tuple[Any, ...]) -> None:
     """Charge, before it runs, work that grows with the receiver and the arguments:
     ``find``, ``index``, ``count``, ``insert``, ``sort``, ``copy``... on a large value
     would otherwise cost one step each."""
     per = meter.limits.alloc_per_step
-    work = sum(len(a) for a in args if isinstance(a, _SIZED))
+    work = sum(_walk_cost(meter, a) for a in args if isinstance(a, _SIZED))
     if name == "pop" and isinstance(obj, list) and not args:
         pass  # popping the last element is constant time
     elif name == "sort":
@@ -834,8 +960,34 @@ def _guarded_range(*args: int) -> range:
 
 def _guarded_pow(base: int, exp: int, mod: int | None = None) -> int:
     if mod is not None:
-        return _check_size(_meter(), pow(base, exp, mod))  # type: ignore[no-any-return]
+        meter = _meter()
+        if isinstance(exp, int) and isinstance(mod, int):
+            words = abs(mod).bit_length() // 64 + 1
+            meter.charge(1 + abs(exp).bit_length() * words * words // 64)
+        return _check_size(meter, pow(base, exp, mod))  # type: ignore[no-any-return]
     return Guards.binop("**", base, exp)  # type: ignore[no-any-return]
+
+
+_MAX_INT_TEXT = 1300
+"""Digits an ``int()`` may parse: enough for a 4,096-bit integer, and below every
+setting of PYTHONINTMAXSTRDIGITS (640 at least), so no node's environment decides."""
+
+
+def _guarded_int(*args: Any, **kwargs: Any) -> int:
+    if args and isinstance(args[0], str | bytes) and len(args[0]) > _MAX_INT_TEXT:
+        raise ContractError(f"int() of text longer than {_MAX_INT_TEXT} characters")
+    return _check_size(_meter(), int(*args, **kwargs))  # type: ignore[no-any-return]
+
+
+def _lazy(fn: Callable[..., Any], first_iterable: int) -> Callable[..., Any]:
+    """``map``, ``filter``, ``zip``, ``enumerate``: every item they pull is a step."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        wrapped = [Guards.it(a) if i >= first_iterable else a for i, a in enumerate(args)]
+        return fn(*wrapped, **kwargs)
+
+    guarded.__name__ = fn.__name__
+    return guarded
 
 
 def _guarded_bytes(*args: Any) -> bytes:
@@ -847,12 +999,12 @@ def _guarded_bytes(*args: Any) -> bytes:
 def _guarded_str(*args: Any) -> str:
     if args:
         Guards.text(args[0])
-    return _check_size(_meter(), str(*args))  # type: ignore[no-any-return]
+    return check_no_address(_check_size(_meter(), str(*args)))
 
 
 def _guarded_repr(value: Any) -> str:
     Guards.text(value)
-    return _check_size(_meter(), repr(value))  # type: ignore[no-any-return]
+    return check_no_address(_check_size(_meter(), repr(value)))
 
 
 def _guarded_sum(items: Iterable[Any], start: int = 0) -> Any:
@@ -887,6 +1039,8 @@ def _copying(fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], set | frozenset):
             raise ContractError("sets iterate in hash order and are not allowed; use a dict")
+        if args and not isinstance(args[0], (*_SIZED, int, range)):
+            args = (Guards.it(args[0]), *args[1:])  # an iterator: each item is a step
         return _check_size(_meter(), fn(*args, **kwargs))
 
     guarded.__name__ = fn.__name__
@@ -920,8 +1074,8 @@ _OP_SYMBOLS: dict[type[ast.operator], str] = {
 }  # fmt: skip
 
 _SAFE_BUILTINS = (
-    "abs", "bool", "chr", "divmod", "enumerate", "filter", "int",
-    "isinstance", "issubclass", "len", "map", "next", "ord", "zip", "hex",
+    "abs", "bool", "chr", "divmod",
+    "isinstance", "issubclass", "len", "next", "ord", "hex",
     "bin", "oct", "callable",
     "Exception", "ValueError", "KeyError", "IndexError", "TypeError", "ArithmeticError",
     "ZeroDivisionError", "LookupError", "OverflowError", "RuntimeError", "StopIteration",
@@ -939,6 +1093,11 @@ def _sandbox_builtins(importer: Callable[..., Any]) -> dict[str, Any]:
         dict=dict,
         range=_guarded_range,
         pow=_guarded_pow,
+        int=int,
+        map=_lazy(map, 1),
+        filter=_lazy(filter, 1),
+        zip=_lazy(zip, 0),
+        enumerate=_lazy(enumerate, 0),
         repr=_guarded_repr,
         sum=_guarded_sum,
         sorted=_scanning(sorted),
@@ -954,6 +1113,7 @@ def _sandbox_builtins(importer: Callable[..., Any]) -> dict[str, Any]:
 
 
 _TYPE_CALLS: dict[str, Callable[..., Any]] = {
+    "int": _guarded_int,
     "str": _guarded_str,
     "bytes": _guarded_bytes,
     "list": _copying(list),
@@ -1061,6 +1221,8 @@ class _Rewriter(ast.NodeTransformer):
             return _guard_call(
                 "slice", node.value, s.lower or none, s.upper or none, s.step or none
             )
+        if not isinstance(node.slice, ast.Slice | ast.Constant):
+            node.slice = _guard_call("key", node.slice)
         return node
 
     def visit_Starred(self, node: ast.Starred) -> ast.Starred:
@@ -1070,20 +1232,38 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
-        self.generic_visit(node)
         func = node.func
+        if isinstance(func, ast.Attribute) and not _is_guard(func.value):
+            # obj.method(...): the receiver is rewritten, the method is called by name
+            receiver = self.visit(func.value)
+            node.args = [self.visit(a) for a in node.args]
+            node.keywords = [self.visit(k) for k in node.keywords]
+            return ast.Call(
+                func=_guard("call"),
+                args=[receiver, ast.Constant(func.attr), *node.args],
+                keywords=node.keywords,
+            )
+        self.generic_visit(node)
         if isinstance(func, ast.Name) and func.id in _GUARDED_TYPES:
             return ast.Call(
                 func=_guard("typecall"),
                 args=[ast.Constant(func.id), *node.args],
                 keywords=node.keywords,
             )
-        if isinstance(func, ast.Attribute) and not _is_guard(func.value):
-            return ast.Call(
-                func=_guard("call"),
-                args=[func.value, ast.Constant(func.attr), *node.args],
-                keywords=node.keywords,
-            )
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+        self.generic_visit(node)
+        if isinstance(node.ctx, ast.Load) and not _is_guard(node.value):
+            return _guard_call("attr", node.value, ast.Constant(node.attr))
+        return node
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.ExceptHandler:
+        self.generic_visit(node)
+        if node.name is None:
+            node.name = self._temp()
+        rethrow = _guard_call("rethrow", ast.Name(id=node.name, ctx=ast.Load()))
+        node.body = [ast.Expr(rethrow), *node.body]
         return node
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.FormattedValue:
@@ -1101,8 +1281,18 @@ class _Rewriter(ast.NodeTransformer):
         node.comparators = [_operand(c) for c in node.comparators]
         return node
 
+    def visit_DictComp(self, node: ast.DictComp) -> ast.DictComp:
+        self.generic_visit(node)
+        if not isinstance(node.key, ast.Constant):
+            node.key = _guard_call("key", node.key)
+        return node
+
     def visit_Dict(self, node: ast.Dict) -> ast.expr:
         self.generic_visit(node)
+        node.keys = [
+            k if k is None or isinstance(k, ast.Constant) else _guard_call("key", k)
+            for k in node.keys
+        ]
         if any(k is None for k in node.keys):  # {**other}: charge the copy
             node.values = [
                 _guard_call("star", v) if k is None else v

@@ -12,13 +12,22 @@ from __future__ import annotations
 import hashlib
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar, overload
 
 from kyodo.contracts.errors import ArgumentError, ContractError
 
-__all__ = ["Contract", "FunctionSpec", "check_rule", "function", "rule_matches", "sha256_hex"]
+__all__ = [
+    "Contract",
+    "FunctionSpec",
+    "check_rule",
+    "function",
+    "rule_matches",
+    "sha256_hex",
+    "specs_of",
+]
 
 _ALLOWED = {int: "int", str: "str", bytes: "bytes", bool: "bool", list: "list", dict: "dict"}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,36 +161,55 @@ class Contract:
     """
 
     name: ClassVar[str] = ""
-    _specs: ClassVar[dict[str, FunctionSpec] | None] = None
+    _specs: ClassVar[Mapping[str, FunctionSpec] | None] = None
+    _kyodo_sandboxed: ClassVar[bool] = False
+    """Set by the loader on classes compiled in the sandbox: their annotations are
+    never evaluated from strings."""
 
     @classmethod
-    def functions(cls) -> dict[str, FunctionSpec]:
-        """The declared functions by name."""
-        if cls.__dict__.get("_specs") is None:
-            specs: dict[str, FunctionSpec] = {}
-            for attr, member in inspect.getmembers(cls):
-                read_only = getattr(member, "__kyodo_function__", None)
-                if read_only is None or attr.startswith("_"):
-                    continue
-                hints = inspect.get_annotations(member, eval_str=True)
-                params = []
-                for pname in list(inspect.signature(member).parameters)[2:]:
-                    ptype = _outer_type(hints.get(pname))
-                    if ptype not in _ALLOWED:
-                        raise TypeError(
-                            f"{cls.__name__}.{attr}: parameter {pname} needs a type "
-                            f"({', '.join(_ALLOWED.values())})"
-                        )
-                    params.append((pname, ptype))
-                specs[attr] = FunctionSpec(
-                    name=attr,
-                    fn=member,
-                    params=tuple(params),
-                    read_only=read_only,
-                    allow=getattr(member, "__kyodo_allow__", None),
-                    returns=_return_type(hints.get("return", Any)),
+    def functions(cls) -> Mapping[str, FunctionSpec]:
+        """The declared functions by name (a read-only mapping)."""
+        return specs_of(cls)
+
+
+def specs_of(cls: type[Contract]) -> Mapping[str, FunctionSpec]:
+    """The declared functions of ``cls``, by name; what the executor calls through.
+
+    Computed once per class and kept read-only: contract code reaches this mapping
+    (``self.functions()``) and must not be able to change what the executor runs.
+    """
+    found = cls.__dict__.get("_specs")
+    if found is None:
+        found = MappingProxyType(_collect_specs(cls))
+        cls._specs = found
+    return found
+
+
+def _collect_specs(cls: type[Contract]) -> dict[str, FunctionSpec]:
+    sandboxed = bool(getattr(cls, "_kyodo_sandboxed", False))
+    specs: dict[str, FunctionSpec] = {}
+    for attr, member in inspect.getmembers(cls):
+        read_only = getattr(member, "__kyodo_function__", None)
+        if read_only is None or attr.startswith("_"):
+            continue
+        # Trusted built-ins use postponed (string) annotations; sandboxed code may not:
+        # evaluating a string would run code the verifier never saw.
+        hints = inspect.get_annotations(member, eval_str=not sandboxed)
+        params = []
+        for pname in list(inspect.signature(member).parameters)[2:]:
+            ptype = _outer_type(hints.get(pname))
+            if ptype not in _ALLOWED:
+                raise TypeError(
+                    f"{cls.__name__}.{attr}: parameter {pname} needs a type "
+                    f"({', '.join(_ALLOWED.values())})"
                 )
-            cls._specs = specs
-        specs_now: dict[str, FunctionSpec] | None = cls.__dict__["_specs"]
-        assert specs_now is not None
-        return specs_now
+            params.append((pname, ptype))
+        specs[attr] = FunctionSpec(
+            name=attr,
+            fn=member,
+            params=tuple(params),
+            read_only=read_only,
+            allow=getattr(member, "__kyodo_allow__", None),
+            returns=_return_type(hints.get("return", Any)),
+        )
+    return specs

@@ -18,7 +18,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from kyodo.codec import encode
+from kyodo.codec import decode_value, encode, encode_value
 from kyodo.contracts._executor import BlockExecution, Executor
 from kyodo.contracts._lifecycle import LifecycleContract
 from kyodo.contracts._package import ContractPackage
@@ -59,7 +59,8 @@ class InMemoryState:
         self.history: dict[tuple[str, str], list[HistoryEntry]] = {}
 
     def get_state(self, namespace: str, key: str) -> StateEntry | None:
-        return self.entries.get((namespace, key))
+        entry = self.entries.get((namespace, key))
+        return None if entry is None else _fresh(entry)
 
     def iter_state(
         self, namespace: str, start: str = "", end: str | None = None
@@ -69,7 +70,7 @@ class InMemoryState:
             raw = key.encode()
             if raw < start.encode() or (end is not None and raw >= end.encode()):
                 continue
-            yield key, self.entries[(namespace, key)]
+            yield key, _fresh(self.entries[(namespace, key)])
 
     def get_history(self, namespace: str, key: str, *, limit: int = 1000) -> list[HistoryEntry]:
         return list(self.history.get((namespace, key), []))[:limit]
@@ -87,6 +88,12 @@ class InMemoryState:
                 self.entries.pop(where, None)
             else:
                 self.entries[where] = StateEntry(value=value, height=height, tx_index=index)
+
+
+def _fresh(entry: StateEntry) -> StateEntry:
+    """A copy whose value a reader may mutate freely, as the store's decoded reads are."""
+    copy = decode_value(encode_value(entry.value))
+    return StateEntry(value=copy, height=entry.height, tx_index=entry.tx_index)
 
 
 @dataclass(frozen=True, slots=True)

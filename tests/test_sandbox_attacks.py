@@ -1,0 +1,246 @@
+"""Regression tests for attacks on the sandbox found by review (each once got through).
+
+Every attack here passes the verifier, or was meant to, and then tried at run time
+to escape, to break determinism, or to do unmetered work. Each now ends as a failed
+transaction with a deterministic message, through the real executor, and fast
+(``timeout`` guards against a regression that would hang).
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from typing import Any
+
+import pytest
+
+from kyodo.codec import encode
+from kyodo.contracts import ContractPackage, check_source, metered
+from kyodo.contracts._sandbox import Guards, Meter
+from kyodo.contracts._testing import Call, LocalLedger
+from kyodo.contracts.errors import ResourceLimitExceeded
+from kyodo.ledger import TxStatus
+
+HEADER = (
+    "from typing import Any\n"
+    "from kyodo.contract import Context, Contract, ContractError, function\n"
+)
+
+
+def contract(body: str, params: str = "") -> str:
+    return (
+        HEADER
+        + "\n\nclass C(Contract):\n    @function\n"
+        + f"    def f(self, ctx: Context{params}) -> Any:\n"
+        + textwrap.indent(textwrap.dedent(body), " " * 8)
+        + "\n"
+    )
+
+
+def run(source: str, *args: Any) -> tuple[int, str, Any]:
+    assert check_source(source, "attack.py") == [], check_source(source, "attack.py")
+    ledger = LocalLedger(orgs=("org1",))
+    ledger.deploy(source, name="attack")
+    (result,) = ledger.block([Call(ledger.member("org1"), "attack", "f", tuple(args))])
+    return result.status, result.message, result.result
+
+
+NOT_OK = (TxStatus.CONTRACT_ERROR, TxStatus.RESOURCE_LIMIT)
+
+ATTACKS = {
+    "method kept in a variable": """
+        pad = "a".ljust
+        big = pad(600_000_000)
+        return len(big)
+    """,
+    "modular pow of huge exponents": """
+        m = (1 << 4000) + 1
+        n = 0
+        for i in range(100):
+            n += pow(i + 2, m - 2, m)
+        return n
+    """,
+    "int() of long text": """
+        return int("f" * 50000, 16)
+    """,
+    "iteration inside builtins": """
+        n = 0
+        for i in range(300):
+            n += len(list(filter(None, map(callable, range(1000000)))))
+        return n
+    """,
+    "many integer operations per iteration": """
+        x = 0
+        for i in range(90000):
+            x = (x + i) & 65535
+            x = (x + i) & 65535
+            x = (x + i) & 65535
+            x = (x + i) & 65535
+        return x
+    """,
+    "comparing shared structures": """
+        a = [0]
+        b = [0]
+        for i in range(60):
+            a = [a, a]
+            b = [b, b]
+        return a == b
+    """,
+    "hashing shared tuples": """
+        a = (0,)
+        for i in range(60):
+            a = (a, a)
+        d = {a: 1}
+        return 1
+    """,
+    "text of shared structures": """
+        a = [0]
+        for i in range(40):
+            a = [a, a]
+        return len(str(a))
+    """,
+    "storing shared structures": """
+        a = [0]
+        for i in range(40):
+            a = [a, a]
+        ctx.put("k", a)
+        return 1
+    """,
+    "deep nesting returned": """
+        x = []
+        for i in range(5000):
+            x = [x]
+        return x
+    """,
+    "deep nesting compared under except": """
+        x = []
+        y = []
+        for i in range(960):
+            x = [x]
+            y = [y]
+        try:
+            return x == y
+        except RuntimeError as e:
+            return str(e)
+    """,
+    "large event payloads": """
+        for i in range(20):
+            ctx.emit("e", [[0]] * 200000)
+        return 1
+    """,
+    "join of a generator": """
+        s = "x" * 900000
+        return len("".join(s for _ in range(1500)))
+    """,
+    "event named by a number": """
+        ctx.emit(5, 1)
+        return 1
+    """,
+    "mutating the function table": """
+        d = self.functions()
+        d["zz"] = 1
+        return 1
+    """,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", list(ATTACKS.values()), ids=list(ATTACKS))
+def test_attack_fails_its_transaction_and_nothing_else(body: str) -> None:
+    status, message, result = run(contract(body))
+    assert status in NOT_OK, (status, message, result)
+    assert not re.search(r"0x[0-9a-f]{4,}", message), message
+
+
+ADDRESS_LEAKS = {
+    "exception text with a repr": """
+        try:
+            [].index(self)
+        except ValueError as e:
+            msg = str(e)
+        ctx.put("k", msg)
+        return msg
+    """,
+    "exception args with a repr": """
+        try:
+            [].index(self)
+        except ValueError as e:
+            msg = e.args[0]
+        ctx.put("k", msg)
+        return 1
+    """,
+    "a method as a key": """
+        return ctx.get(self.f)
+    """,
+    "an error made of a method": """
+        raise ContractError(self.f)
+    """,
+    "a big list ending in a method": """
+        xs = [0] * 10000
+        xs.append(self.f)
+        return str(xs)[-80:]
+    """,
+}
+
+
+@pytest.mark.parametrize("body", list(ADDRESS_LEAKS.values()), ids=list(ADDRESS_LEAKS))
+def test_no_memory_address_reaches_state_results_or_messages(body: str) -> None:
+    status, message, result = run(contract(body))
+    assert status in NOT_OK, (status, message, result)
+    assert not re.search(r"0x[0-9a-f]{4,}", message), message
+
+
+def test_annotations_that_compute_are_refused_and_never_evaluated() -> None:
+    source = HEADER + textwrap.dedent(
+        """
+        class C(Contract):
+            @function
+            def f(self, ctx: Context, x: b"__import__('os')".decode()) -> int:
+                return x
+        """
+    )
+    violations = check_source(source, "annotation.py")
+    assert violations and "annotation must be a type" in violations[0].reason
+
+
+def test_a_contract_cannot_redefine_what_the_executor_relies_on() -> None:
+    source = HEADER + "class C(Contract):\n    def functions(self=0):\n        return {}\n"
+    assert "reserved by Contract" in check_source(source, "reserved.py")[0].reason
+
+
+def test_an_unapproved_commit_of_an_unparsable_package_fails_without_parsing_it() -> None:
+    ledger = LocalLedger(orgs=("org1", "org2"))
+    package = ContractPackage(
+        name="deep", version="1", filename="deep.py", source="X = 1" + "+1" * 10000
+    )
+    (result,) = ledger.block(
+        [Call(ledger.admin("org2"), "_lifecycle", "commit", (encode(package),))]
+    )
+    assert result.status == TxStatus.CONTRACT_ERROR and "0 of 2 approvals" in result.message
+    assert "nested too deeply" in check_source(package.source, "deep.py")[0].reason
+
+
+def test_memory_and_recursion_errors_cannot_be_caught_by_contract_code() -> None:
+    for error in (MemoryError(), RecursionError()):
+        meter = Meter()
+        with metered(meter), pytest.raises(ResourceLimitExceeded):
+            Guards.rethrow(error)
+        assert meter.exhausted is not None
+
+
+def test_state_is_the_same_for_a_node_that_served_queries_and_one_that_did_not() -> None:
+    source = contract(
+        """
+        v = ctx.get("k") or {"n": 0}
+        v["n"] = v["n"] + 1
+        return v["n"]
+        """
+    )
+    ledger = LocalLedger(orgs=("org1",))
+    ledger.deploy(source, name="reads")
+    user = ledger.member("org1")
+    ledger.submit(user, "reads", "f")  # n is not stored: f never calls put
+    for _ in range(3):
+        ledger.query(user, "reads", "f")
+    assert ledger.get("reads", "k") is None
+    assert ledger.submit(user, "reads", "f") == 1
