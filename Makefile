@@ -1,5 +1,5 @@
 # Kyodo: two commands do all the set-up on a fresh machine.
-#   make demo   start a local 4-organization network and run the sample application
+#   make demo   start a local 4-organization network and run the sample applications
 #   make test   create the environment, run the linters and the test suite
 PYTHON ?= python3
 VENV   ?= .venv
