@@ -375,6 +375,56 @@ def contract_terminate(
     )
 
 
+@contract_app.command("policy")
+def contract_policy(
+    approve: Annotated[
+        int | None, typer.Option("--approve", help="Approve this quorum (as each --org).")
+    ] = None,
+    set_quorum: Annotated[
+        int | None, typer.Option("--set", help="Commit this quorum once approved.")
+    ] = None,
+    org: OrgsOption = None,
+    all_orgs: AllOrgsOption = False,
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the lifecycle quorum; --approve K (each org) then --set K changes it."""
+    lifecycle = _lifecycle(folder)
+    try:
+        if approve is not None:
+            status: dict[str, Any] = {}
+            for signer in _orgs(lifecycle, org, all_orgs):
+                status = lifecycle.approve_policy(signer, approve)
+            if as_json:
+                print(json.dumps(_jsonable(status)))
+            else:
+                _show_proposal({**status, "name": f"quorum {approve}"})
+            return
+        if set_quorum is not None:
+            signer = (org or [lifecycle.network.orgs[0]])[0]
+            done = lifecycle.set_policy(signer, set_quorum)
+            if as_json:
+                print(json.dumps(_jsonable(done)))
+            else:
+                console.print(
+                    f"lifecycle quorum is {done['quorum']} organizations from block "
+                    f"{done['since_height']} (was {done['previous']})"
+                )
+            return
+        policy = lifecycle.policy()
+    except ContractFailed as exc:
+        _fail(f"refused: {exc}")
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+    if as_json:
+        print(json.dumps(policy))
+        return
+    kind = "a majority, the default" if policy["default"] else "set by approval"
+    console.print(
+        f"lifecycle quorum: {policy['quorum']} of {policy['members']} organizations ({kind})"
+    )
+
+
 @contract_app.command("list")
 def contract_list(folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
     """Every deployed contract: version, sequence, status, package hash."""

@@ -24,6 +24,7 @@ from kyodo.contracts import (
     PackageError,
     check_source,
     decode_package,
+    policy_digest,
 )
 
 __all__ = ["Lifecycle", "build_package", "load_package_file", "save_package_file"]
@@ -153,6 +154,24 @@ class Lifecycle:
     def policy(self) -> dict[str, Any]:
         """The lifecycle quorum in force."""
         return dict(self._query("policy"))
+
+    def approve_policy(self, org: str, quorum: int) -> dict[str, Any]:
+        """``org``'s admin approves setting the lifecycle quorum to ``quorum``."""
+        current = self.approvals_sequence("_lifecycle")
+        return dict(
+            self._submit(org, "approve", "_lifecycle", current + 1, "policy", policy_digest(quorum))
+        )
+
+    def set_policy(self, org: str, quorum: int) -> dict[str, Any]:
+        """Commit the lifecycle quorum (after approvals by the current quorum)."""
+        return dict(self._submit(org, "set_policy", quorum))
+
+    def approvals_sequence(self, name: str) -> int:
+        """The sequence ``name`` is at (0 if never changed)."""
+        try:
+            return int(self._query("definition", name)["sequence"])
+        except ContractFailed:
+            return 0
 
     def package(self, package_hash: str) -> ContractPackage:
         """The committed package with this hash."""

@@ -310,3 +310,21 @@ def test_make_demo_payments_script_runs_the_whole_workflow(network):
     assert "-> pending" in out and "over the EUR limit 10000" in out
     assert "refused (only org2 may decide" in out
     assert "rejected by org2/user1 (no matching purchase order)" in out
+
+
+def test_the_lifecycle_quorum_changes_by_approval_through_the_cli(network):
+    # last in this module: it leaves the quorum at 4 of 4
+    folder = network.folder
+    shown = json.loads(kyodo("contract", "policy", "--json", folder=folder).stdout)
+    assert shown == {"quorum": 3, "members": 4, "default": True}
+    early = kyodo("contract", "policy", "--set", "4", folder=folder)
+    assert early.returncode == 1 and "0 of 3 approvals" in early.stderr
+    approved = kyodo(
+        "contract", "policy", "--approve", "4", "--org", "org1", "--org", "org2",
+        "--org", "org3", folder=folder,
+    )  # fmt: skip
+    assert approved.returncode == 0 and "ready to commit" in approved.stdout, approved.stderr
+    done = kyodo("contract", "policy", "--set", "4", folder=folder)
+    assert done.returncode == 0 and "is 4 organizations" in done.stdout, done.stderr
+    shown = json.loads(kyodo("contract", "policy", "--json", folder=folder).stdout)
+    assert shown == {"quorum": 4, "members": 4, "default": False}
