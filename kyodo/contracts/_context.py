@@ -38,6 +38,8 @@ MAX_EVENTS = 1000
 MAX_EVENT_NAME = 128
 MAX_EVENT_BYTES = 1024 * 1024
 """Encoded size of all events of one transaction."""
+MAX_TX_WRITE_BYTES = 4 * 1024 * 1024
+"""Encoded size of all values one transaction puts."""
 
 
 class StateReader(Protocol):
@@ -71,6 +73,8 @@ class TxOverlay:
 
     def __init__(self, parent: StateReader | TxOverlay) -> None:
         self.parent = parent
+        self.written_bytes = 0
+        """Bytes this overlay's puts encoded (bounded per transaction)."""
         self.writes: dict[bytes, bytes | object] = {}
         """state key -> canonical bytes of the value written, or DELETED. Values are kept
         encoded so every read decodes a fresh object: a value a contract read and then
@@ -104,6 +108,12 @@ class TxOverlay:
             else:
                 view[key] = decode_value(value)  # type: ignore[arg-type]
         return view
+
+    def note_written(self, size: int) -> None:
+        """Count a put of ``size`` bytes; refuse once a transaction wrote too much."""
+        self.written_bytes += size
+        if self.written_bytes > MAX_TX_WRITE_BYTES:
+            raise ContractError(f"a transaction writes at most {MAX_TX_WRITE_BYTES} bytes")
 
     def committed(self) -> StateReader:
         """The committed state under all overlays."""
@@ -158,7 +168,9 @@ class Context:
 
     def get(self, key: str) -> Any:
         """The value of ``key``, or None if absent."""
-        return self._overlay.lookup(self._state_key(key), self._namespace, key)
+        value = self._overlay.lookup(self._state_key(key), self._namespace, key)
+        _charge_read(value)
+        return value
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` (a canonical value: no floats, not None)."""
@@ -172,6 +184,8 @@ class Context:
             raise ContractError(
                 f"value for {key!r} is {len(encoded)} bytes, over {MAX_VALUE_BYTES}"
             )
+        charge_current(len(encoded) // 64)
+        self._overlay.note_written(len(encoded))
         self._overlay.writes[self._state_key(key)] = encoded
 
     def delete(self, key: str) -> None:
@@ -181,6 +195,7 @@ class Context:
     def range(self, start: str = "", end: str | None = None) -> list[tuple[str, Any]]:
         """Keys in [start, end), sorted, with their values."""
         view = self._overlay.merged_keys(self._namespace, start, end)
+        _charge_read(list(view.values()))
         return sorted(view.items())
 
     def prefix(self, prefix: str) -> list[tuple[str, Any]]:
@@ -190,7 +205,9 @@ class Context:
     def history(self, key: str) -> list[HistoryEntry]:
         """Committed writes of ``key``, oldest first (this block's are not included)."""
         self._state_key(key)
-        return self._overlay.committed().get_history(self._namespace, key)
+        found = self._overlay.committed().get_history(self._namespace, key)
+        _charge_read([entry.value for entry in found])
+        return found
 
     def emit(self, name: str, payload: Any = None) -> None:
         """Record an event in the transaction's result (kept in the block).
@@ -228,6 +245,12 @@ def canonical(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: canonical(v) for k, v in value.items()}
     return value
+
+
+def _charge_read(value: Any) -> None:
+    """Decoding and handing out a value costs in proportion to its elements."""
+    if isinstance(value, list | tuple | dict):
+        charge_current(expanded_size(value, MAX_STORED_ELEMENTS * 64) // 16)
 
 
 def storable(value: Any, what: str) -> Any:

@@ -132,7 +132,8 @@ class _Call:
 
     def context(self, overlay: TxOverlay, namespace: str, depth: int) -> Context:
         def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
-            return self.call(overlay, other, fn, tuple(other_args), depth=depth + 1)
+            copied = tuple(storable(list(other_args), f"arguments of {other}.{fn}"))
+            return self.call(overlay, other, fn, copied, depth=depth + 1)
 
         return Context(
             namespace=namespace,
@@ -161,7 +162,14 @@ class _Call:
             )
         _check_access(spec, resolved.access, self.caller, contract)
         spec.check_args(args)
-        return self.run(overlay, resolved.cls, contract, spec, args, depth)
+        if not spec.read_only:
+            return self.run(overlay, resolved.cls, contract, spec, args, depth)
+        # A read-only function runs over a scratch overlay: if it wrote, it failed.
+        scratch = TxOverlay(overlay)
+        result = self.run(scratch, resolved.cls, contract, spec, args, depth)
+        if scratch.writes:
+            raise ContractError(f"{contract}.{function} is read-only but wrote state")
+        return result
 
     def run(
         self,
@@ -239,6 +247,7 @@ class Executor:
         self._packages: OrderedDict[bytes, type[Contract]] = OrderedDict()
         self._package_lock = threading.Lock()
         self._workers = ThreadPoolExecutor(EXECUTION_THREADS, thread_name_prefix="contracts")
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="contract-compiler")
         """Every execution runs on one of these threads, at the same stack depth, so that
         Python's recursion limit (reached by C code walking deeply nested values) is hit
         at the same point on every node, whichever path (proposal, verification, query)
@@ -260,14 +269,19 @@ class Executor:
         return shared if shared is not None else cls()
 
     def package_class(self, package: ContractPackage) -> type[Contract]:
-        """The compiled class of ``package`` (cached by hash)."""
+        """The compiled class of ``package`` (cached by hash).
+
+        Compiling runs the module's top-level code (decorators, constants), so it runs
+        on its own thread at a fixed stack depth too: whether a package is compiled at
+        its deployment, after a restart or by a query must not change what it does.
+        """
         digest = package.package_hash()
         with self._package_lock:
             cls = self._packages.get(digest)
             if cls is not None:
                 self._packages.move_to_end(digest)
                 return cls
-        cls = load_package_class(package, self._limits)
+        cls = self._compiler.submit(load_package_class, package, self._limits).result()
         with self._package_lock:
             self._packages[digest] = cls
             while len(self._packages) > MAX_CACHED_PACKAGES:

@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import ast
 import builtins
-import functools
 import operator
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -212,6 +212,7 @@ _ATTR_REASONS: dict[str, str] = {
         ("format", "format_map"),
         "format strings can reach attributes the verifier never saw; use an f-string",
     ),
+    "functions": "the function table is the executor's (contracts cannot read or change it)",
 }
 
 _DISALLOWED_NODES: dict[type[ast.AST], str] = {
@@ -254,6 +255,36 @@ _IMMUTABLE_CONSTANT = (int, str, bytes, bool, type(None))
 _GUARDED_TYPES = frozenset({"int", "str", "bytes", "list", "tuple", "dict"})
 """Builtin types that stay the real types (for annotations and isinstance) but whose
 calls the rewriter sends through a guard (text form, size of the copy)."""
+
+
+def _bound_names(tree: ast.Module) -> frozenset[str]:
+    """Every name the module binds anywhere (coarse: scopes are not told apart)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return frozenset(names)
+
+
+def _walk_same_function(node: ast.AST) -> list[ast.AST]:
+    """``node`` and its descendants, not entering nested functions, classes or lambdas."""
+    found: list[ast.AST] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for child in ast.iter_child_nodes(current):
+            if not isinstance(child, ast.FunctionDef | ast.ClassDef | ast.Lambda):
+                stack.append(child)
+    return found
 
 
 def _is_type_expression(node: ast.expr) -> bool:
@@ -320,6 +351,18 @@ class _Verifier(ast.NodeVisitor):
     def visit_Module(self, node: ast.Module) -> None:
         for stmt in node.body:
             self._check_top_level(stmt, where="module")
+        self.bound = _bound_names(node)
+        self.generic_visit(node)
+
+    def visit_Try(self, node: ast.Try) -> None:
+        for stmt in node.finalbody:
+            for child in _walk_same_function(stmt):
+                if isinstance(child, ast.Return | ast.Break | ast.Continue):
+                    self.refuse(
+                        child,
+                        "return, break and continue in 'finally' would swallow errors "
+                        "(the execution budget among them)",
+                    )
         self.generic_visit(node)
 
     def _check_top_level(self, stmt: ast.stmt, *, where: str) -> None:
@@ -421,7 +464,12 @@ class _Verifier(ast.NodeVisitor):
             if func.id in _GUARDED_TYPES:
                 self.type_refs.add(id(func))
             elif func.id in ("isinstance", "issubclass") and len(node.args) == 2:
-                self._allow_type_refs(node.args[1])
+                kinds = node.args[1]
+                names = kinds.elts if isinstance(kinds, ast.Tuple) else [kinds]
+                if all(isinstance(n, ast.Name) for n in names):
+                    self._allow_type_refs(kinds)
+                else:
+                    self.refuse(kinds, f"{func.id}() takes a class name or a tuple of names")
         self.generic_visit(node)
 
     def _check_annotation(self, annotation: ast.expr | None) -> None:
@@ -453,6 +501,16 @@ class _Verifier(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         self._check_name(node, node.id)
+        bound = getattr(self, "bound", None)
+        if (
+            isinstance(node.ctx, ast.Load)
+            and bound is not None
+            and node.id not in bound
+            and node.id not in KNOWN_BUILTINS
+            and node.id not in _NAME_REASONS
+            and not node.id.startswith("_")
+        ):
+            self.refuse(node, f"unknown name {node.id!r}: not defined, imported or a builtin")
         if node.id in _GUARDED_TYPES and id(node) not in self.type_refs:
             self.refuse(
                 node,
@@ -636,6 +694,19 @@ def _meter() -> Meter:
 
 
 _SIZED = (str, bytes, list, tuple, dict)
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def _check_attr_name(name: str) -> None:
+    if not isinstance(name, str) or name.startswith("_") or name in _ATTR_REASONS:
+        raise ContractError(f"attribute {name!r} is not available to contracts")
+
+
+def _bound_call(obj: Any, name: str) -> Callable[..., Any]:
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return Guards.call(obj, name, *args, **kwargs)
+
+    return method
 
 
 def _size(value: Any) -> int:
@@ -726,6 +797,14 @@ def _flatten_pairs(items: Any, node: Any) -> Any:
     return items
 
 
+def _metered_items(meter: Meter, items: Iterator[Any]) -> Iterator[Any]:
+    for item in items:
+        meter.steps_left -= 1
+        if meter.steps_left < 0:
+            raise meter.fail(f"execution budget of {meter.limits.max_steps} steps exceeded")
+        yield item
+
+
 class Guards:
     """The functions rewritten code calls; bound in a contract module as ``kyodo_guard_``."""
 
@@ -754,14 +833,13 @@ class Guards:
 
     @staticmethod
     def it(iterable: Any) -> Iterator[Any]:
+        """The iterator a loop or comprehension runs over: a step to create (a generator
+        expression that is never consumed still costs), a step per item."""
         if isinstance(iterable, set | frozenset):
             raise ContractError("iterating a set is unordered; use sorted(...) or a dict")
         meter = _meter()
-        for item in iterable:
-            meter.steps_left -= 1
-            if meter.steps_left < 0:
-                raise meter.fail(f"execution budget of {meter.limits.max_steps} steps exceeded")
-            yield item
+        meter.charge(1)
+        return _metered_items(meter, iter(iterable))
 
     @staticmethod
     def lam(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -794,18 +872,26 @@ class Guards:
     def attr(obj: Any, name: str) -> Any:
         """An attribute read without calling it: a method comes back guarded, so a
         method kept in a variable is metered like ``obj.method(...)``."""
+        _check_attr_name(name)
         value = getattr(obj, name)
+        for raw, guarded in _RAW_TYPES:
+            if value is raw:
+                return guarded
         if callable(value) and not isinstance(value, type):
-            return functools.partial(Guards.call, obj, name)
+            return _bound_call(obj, name)
         return value
 
     @staticmethod
     def rethrow(error: BaseException) -> None:
-        """First statement of every ``except`` block: limits stay uncatchable."""
+        """First statement of every ``except`` block: limits stay uncatchable, and the
+        caught error's message loses any memory address Python put in it."""
         if isinstance(error, MemoryError):
             raise _meter().fail("out of memory")
         if isinstance(error, RecursionError):
             raise _meter().fail("recursion too deep")
+        error.args = tuple(
+            _HEX_ADDRESS.sub("0x?", a) if isinstance(a, str) else a for a in error.args
+        )
 
     @staticmethod
     def slice(value: Any, lower: Any, upper: Any, stride: Any) -> Any:
@@ -823,6 +909,7 @@ class Guards:
 
     @staticmethod
     def call(obj: Any, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        _check_attr_name(name)
         meter = _meter()
         meter.charge(1)
         if name == "join" and args and not isinstance(args[0], list | tuple):
@@ -831,8 +918,8 @@ class Guards:
             _charge_work(meter, obj, name, args)
             if isinstance(obj, str | bytes | list):
                 _predict_method(meter, obj, name, args, kwargs)
-        elif isinstance(obj, int) and name == "to_bytes" and args:
-            length = args[0]
+        elif isinstance(obj, int) and name == "to_bytes":
+            length = args[0] if args else kwargs.get("length", 1)
             if isinstance(length, int):
                 _predict(meter, length)
         return _check_size(meter, getattr(obj, name)(*args, **kwargs))
@@ -840,12 +927,17 @@ class Guards:
     @staticmethod
     def operand(value: Any) -> Any:
         """A comparison operand: comparing (``==``, ``in``) walks all of it."""
+        meter = _meter()
         if isinstance(value, _SIZED):
-            meter = _meter()
-            per = meter.limits.alloc_per_step
-            walked = expanded_size(value, max(meter.steps_left, 0) * per)
-            meter.charge(walked // per)
+            meter.charge(1 + _walk_cost(meter, value) // meter.limits.alloc_per_step)
+        else:
+            meter.charge(1)
         return value
+
+    @staticmethod
+    def display(value: Any) -> Any:
+        """A list, tuple or dict display: charged by its length like any allocation."""
+        return _check_size(_meter(), value)
 
     @staticmethod
     def key(value: Any) -> Any:
@@ -874,6 +966,8 @@ class Guards:
         return value
 
 
+_CODECS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1"})
+
 _CONSTANT_TIME_METHODS = frozenset(
     {"append", "get", "setdefault", "keys", "values", "items", "popitem", "clear", "extend",
      "update", "join"}
@@ -883,10 +977,12 @@ are charged all the same)."""
 
 
 def _walk_cost(meter: Meter, value: Any) -> int:
-    """Elements hashing or comparing ``value`` visits (tuples may share parts)."""
-    if isinstance(value, tuple):
+    """Elements hashing or comparing ``value`` visits (shared parts each time they are
+    reached). Refuses nesting deeper than 64 before C code recurses into it: hashing a
+    deeply nested tuple has no recursion check in CPython and would crash the node."""
+    if isinstance(value, _CONTAINERS):
         return expanded_size(value, max(meter.steps_left, 0) * meter.limits.alloc_per_step)
-    return len(value)
+    return len(value) if isinstance(value, _SIZED) else 1
 
 
 def _charge_work(meter: Meter, obj: Any, name: str, args: tuple[Any, ...]) -> None:
@@ -922,9 +1018,16 @@ def _predict_method(meter: Meter, obj: Any, name: str, args: tuple[Any, ...], kw
         if isinstance(items, list | tuple):
             total = sum(len(i) if isinstance(i, str | bytes) else 0 for i in items)
             _predict(meter, total + len(obj) * len(items))
-    elif name == "translate" and args and isinstance(args[0], dict):
-        longest = max((len(v) for v in args[0].values() if isinstance(v, str | bytes)), default=1)
-        _predict(meter, len(obj) * max(longest, 1))
+    elif name == "translate" and args:
+        table = args[0]
+        values = list(table.values()) if isinstance(table, dict) else table
+        if isinstance(values, list | tuple):
+            longest = max((len(v) for v in values if isinstance(v, str | bytes)), default=1)
+            _predict(meter, len(obj) * max(longest, 1))
+    elif name in ("encode", "decode"):
+        codec = args[0] if args else kw.get("encoding", "utf-8")
+        if not isinstance(codec, str) or codec.lower().replace("_", "-") not in _CODECS:
+            raise ContractError(f"codec {codec!r} is not available; use utf-8, ascii or latin-1")
     elif name == "extend" and args and isinstance(obj, list):
         extra = args[0]
         if isinstance(extra, _SIZED):
@@ -1019,16 +1122,18 @@ def _scanning(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         meter = _meter()
+        per = meter.limits.alloc_per_step
         if len(args) == 1:
             first = args[0]
             if isinstance(first, set | frozenset):
                 raise ContractError("sets iterate in hash order and are not allowed; use a dict")
             if isinstance(first, _SIZED):
-                meter.charge(
-                    1 + len(first) * (4 if fn is sorted else 1) // meter.limits.alloc_per_step
-                )
+                factor = 4 if fn is sorted else 1
+                meter.charge(1 + _walk_cost(meter, first) * factor // per)
             else:
                 args = (Guards.it(first),)
+        else:
+            meter.charge(1 + sum(_walk_cost(meter, a) for a in args) // per)
         return _check_size(meter, fn(*args, **kwargs))
 
     guarded.__name__ = fn.__name__
@@ -1039,9 +1144,12 @@ def _copying(fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if args and isinstance(args[0], set | frozenset):
             raise ContractError("sets iterate in hash order and are not allowed; use a dict")
+        meter = _meter()
         if args and not isinstance(args[0], (*_SIZED, int, range)):
             args = (Guards.it(args[0]), *args[1:])  # an iterator: each item is a step
-        return _check_size(_meter(), fn(*args, **kwargs))
+        elif args and isinstance(args[0], _CONTAINERS):
+            meter.charge(_walk_cost(meter, args[0]) // meter.limits.alloc_per_step)
+        return _check_size(meter, fn(*args, **kwargs))
 
     guarded.__name__ = fn.__name__
     return guarded
@@ -1079,8 +1187,16 @@ _SAFE_BUILTINS = (
     "bin", "oct", "callable",
     "Exception", "ValueError", "KeyError", "IndexError", "TypeError", "ArithmeticError",
     "ZeroDivisionError", "LookupError", "OverflowError", "RuntimeError", "StopIteration",
+    "AttributeError", "NotImplementedError", "UnicodeError", "AssertionError",
     "True", "False", "None",
 )  # fmt: skip
+
+_GUARDED_BUILTINS = (
+    "str", "bytes", "list", "tuple", "dict", "int", "range", "pow", "map", "filter", "zip",
+    "enumerate", "repr", "sum", "sorted", "max", "min", "any", "all", "reversed",
+)  # fmt: skip
+KNOWN_BUILTINS = frozenset(_SAFE_BUILTINS + _GUARDED_BUILTINS)
+"""Every global name a contract may use without defining or importing it."""
 
 
 def _sandbox_builtins(importer: Callable[..., Any]) -> dict[str, Any]:
@@ -1120,6 +1236,11 @@ _TYPE_CALLS: dict[str, Callable[..., Any]] = {
     "tuple": _copying(tuple),
     "dict": _copying(dict),
 }
+
+_RAW_TYPES: tuple[tuple[type, Callable[..., Any]], ...] = tuple(
+    (getattr(builtins, name), guarded) for name, guarded in _TYPE_CALLS.items()
+)
+"""Builtin types reached as attribute values are handed out in their guarded form."""
 
 
 # --------------------------------------------------------------------------- rewrite
@@ -1281,6 +1402,14 @@ class _Rewriter(ast.NodeTransformer):
         node.comparators = [_operand(c) for c in node.comparators]
         return node
 
+    def visit_List(self, node: ast.List) -> ast.expr:
+        self.generic_visit(node)
+        return _guard_call("display", node) if isinstance(node.ctx, ast.Load) else node
+
+    def visit_Tuple(self, node: ast.Tuple) -> ast.expr:
+        self.generic_visit(node)
+        return _guard_call("display", node) if isinstance(node.ctx, ast.Load) else node
+
     def visit_DictComp(self, node: ast.DictComp) -> ast.DictComp:
         self.generic_visit(node)
         if not isinstance(node.key, ast.Constant):
@@ -1298,7 +1427,7 @@ class _Rewriter(ast.NodeTransformer):
                 _guard_call("star", v) if k is None else v
                 for k, v in zip(node.keys, node.values, strict=True)
             ]
-        return node
+        return _guard_call("display", node)
 
 
 def _operand(node: ast.expr) -> ast.expr:
@@ -1359,6 +1488,9 @@ def compile_contract(
         "__name__": f"kyodo_contract:{filename}",
         _GUARD: Guards(),
     }
-    with metered(Meter(limits)):
+    meter = Meter(limits)
+    with metered(meter):
         exec(code, namespace)  # noqa: S102 - verified and rewritten above
+    if meter.exhausted is not None:
+        raise ResourceLimitExceeded(meter.exhausted)
     return namespace

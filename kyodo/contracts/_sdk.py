@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar, overload
 
+from kyodo.contracts._sandbox import charge_current
 from kyodo.contracts.errors import ArgumentError, ContractError
 
 __all__ = [
@@ -101,12 +103,15 @@ def function(
     anyone of bank1, ``"*"``: every member). Without ``allow`` the package's default
     access applies (every member, unless the package says otherwise).
     """
-    rules = None if allow is None else tuple(allow)
-    if rules is not None:
-        for rule in rules:
-            check_rule(rule)
+    if type(read_only) is not bool:
+        raise ArgumentError("read_only must be True or False")
+    if allow is not None and not isinstance(allow, tuple | list):
+        raise ArgumentError("allow must be a tuple of 'org.role' rules")
+    rules = None if allow is None else tuple(check_rule(rule) for rule in allow)
 
     def mark(target: F) -> F:
+        if not isinstance(target, types.FunctionType):
+            raise ArgumentError("@function marks functions defined in the contract only")
         target.__kyodo_function__ = read_only  # type: ignore[attr-defined]
         target.__kyodo_allow__ = rules  # type: ignore[attr-defined]
         return target
@@ -149,7 +154,10 @@ def rule_matches(rule: str, org: str, role: str) -> bool:
 
 def sha256_hex(data: bytes | str) -> str:
     """SHA-256 of ``data`` (text is UTF-8 encoded) as lowercase hex."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if not isinstance(data, str | bytes):
+        raise ArgumentError(f"sha256_hex takes str or bytes, not {type(data).__name__}")
+    raw = data.encode() if isinstance(data, str) else data
+    charge_current(len(raw) // 64)
     return hashlib.sha256(raw).hexdigest()
 
 
