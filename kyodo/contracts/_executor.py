@@ -37,6 +37,7 @@ from kyodo.contracts._context import (
     Context,
     StateReader,
     TxOverlay,
+    canonical,
     storable,
 )
 from kyodo.contracts._package import ContractPackage, decode_package
@@ -130,7 +131,9 @@ class _Call:
         self.members = members
         self.events: list[Any] = []
 
-    def context(self, overlay: TxOverlay, namespace: str, depth: int) -> Context:
+    def context(
+        self, overlay: TxOverlay, namespace: str, depth: int, *, trusted: bool = False
+    ) -> Context:
         def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
             copied = tuple(storable(list(other_args), f"arguments of {other}.{fn}"))
             return self.call(overlay, other, fn, copied, depth=depth + 1)
@@ -145,6 +148,7 @@ class _Call:
             invoke=invoke,
             members=self.members,
             system=_SystemHooks(self, overlay) if namespace == LIFECYCLE else None,
+            trusted=trusted,
         )
 
     def call(
@@ -180,11 +184,12 @@ class _Call:
         args: tuple[Any, ...],
         depth: int,
     ) -> Any:
-        ctx = self.context(overlay, namespace, depth)
+        trusted = not cls._kyodo_sandboxed
+        ctx = self.context(overlay, namespace, depth, trusted=trusted)
         instance = self.executor.instance(cls)
         result = spec.fn(instance, ctx, *args)
         spec.check_result(result)
-        result = storable(result, f"the result of {spec.name}")
+        result = canonical(result) if trusted else storable(result, f"the result of {spec.name}")
         self.events.extend(ctx.events)
         try:
             encode_value(result)
