@@ -91,7 +91,7 @@ class SandboxLimits:
 
     max_steps: int = 100_000
     """Loop iterations + function calls + allocation cost, per transaction (about
-    50 ms of the slowest code on this project's reference 2-core machine)."""
+    30-50 ms of the slowest code on this project's reference 2-core machine)."""
     max_depth: int = 48
     """Nested contract function calls (lambdas included)."""
     max_len: int = 1_000_000
