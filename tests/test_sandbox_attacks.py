@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kyodo.codec import encode
+from kyodo.contracts import AssetTransfer as _AssetTransfer
 from kyodo.contracts import ContractPackage, check_source, metered
 from kyodo.contracts._sandbox import Guards, Meter
 from kyodo.contracts._testing import Call, LocalLedger, TxFailed
@@ -193,6 +194,87 @@ ATTACKS = {
     "translate with a list table": """
         return len(("a" * 800).translate(["x" * 1000000] * 128))
     """,
+    # third review
+    "deep tuples from exception args, then hashed": """
+        t = ()
+        for i in range(20000):
+            t = ValueError(ValueError(ValueError(ValueError(t).args).args).args).args
+        d = dict((k, 1) for k in [t])
+        return 1
+    """,
+    "an error message that is not valid Unicode": """
+        raise ContractError(chr(55296))
+    """,
+    "an event name that is not valid Unicode": """
+        ctx.emit(chr(55296))
+        return 1
+    """,
+    "an error whose message is a deep structure": """
+        t = ()
+        for i in range(300):
+            t = ValueError(ValueError(ValueError(ValueError(t).args).args).args).args
+        raise ContractError(t)
+    """,
+    "a gigabyte result": """
+        s = "a" * 1000000
+        return [s] * 1000
+    """,
+    "sorting shared tuples in place": """
+        t1 = (1,)
+        t2 = (1,)
+        for i in range(40):
+            t1 = (t1, t1)
+            t2 = (t2, t2)
+        x = [t1, t2]
+        x.sort()
+        return 1
+    """,
+    "big-integer divisions in displays": """
+        a = (1 << 4095) + 12345
+        b = (1 << 2047) + 999
+        for i in range(15000):
+            x = [divmod(a, b), divmod(a, b), divmod(a, b), divmod(a, b), divmod(a, b),
+                 divmod(a, b), divmod(a, b), divmod(a, b), divmod(a, b), divmod(a, b)]
+        return 1
+    """,
+    "quadratic reverse search": """
+        hay = "a" * 400000
+        return hay.rfind("ab" + "a" * 199998)
+    """,
+    "comparing large dict views": """
+        k = {}.fromkeys(range(400000)).keys()
+        n = 0
+        for i in range(3000):
+            if k == k:
+                n += 1
+        return n
+    """,
+    "catching errors with huge messages": """
+        s = "0x12345 " * 60000
+        n = 0
+        for i in range(2000):
+            try:
+                raise ValueError(s, s, s, s, s, s, s, s)
+            except ValueError as e:
+                n += 1
+        return n
+    """,
+    "extending with iterators": """
+        x = []
+        for i in range(30):
+            x.extend(range(1000000))
+        return len(x)
+    """,
+    "a forged trusted context": """
+        c = Context(namespace="x", overlay=0, caller=ctx.caller, block_time_ms=0,
+                    height=0, tx_id=b"", trusted=True)
+        return 1
+    """,
+    "mutating emitted events": """
+        ctx.emit("e", [0])
+        ctx.events[0].payload[0] = 1
+        return 1
+    """,
 }
 
 
@@ -290,6 +372,29 @@ def test_annotations_that_compute_are_refused_and_never_evaluated() -> None:
     )
     violations = check_source(source, "annotation.py")
     assert violations and "annotation must be a type" in violations[0].reason
+
+
+def test_a_decorator_other_than_function_is_refused() -> None:
+    source = HEADER + textwrap.dedent(
+        """
+        def keep(fn):
+            return fn
+
+
+        class C(Contract):
+            @function
+            @keep
+            def f(self, ctx: Context) -> int:
+                return 1
+        """
+    )
+    assert "only @function" in check_source(source, "deco.py")[0].reason
+
+
+def test_a_package_cannot_take_a_built_in_contracts_name() -> None:
+    ledger = LocalLedger(orgs=("org1",), builtins={"asset_transfer": _AssetTransfer})
+    with pytest.raises(TxFailed, match="built-in contract's name"):
+        ledger.deploy(contract("return 1"), name="asset_transfer")
 
 
 def test_a_contract_cannot_redefine_what_the_executor_relies_on() -> None:

@@ -136,11 +136,11 @@ class Context:
         invoke: Callable[[str, str, tuple[Any, ...]], Any] | None = None,
         members: tuple[str, ...] = (),
         system: Any = None,
-        trusted: bool = False,
     ) -> None:
         self._namespace = namespace
-        self._trusted = trusted
-        """Built-in (trusted) contract code: its values need no size or address checks."""
+        self._trusted = False
+        """Set by the executor (never by the constructor, which contract code can call)
+        for built-in contract code: its values need no size or address checks."""
         self._overlay = overlay
         self._events: list[Event] = []
         self._event_bytes = 0
@@ -154,11 +154,6 @@ class Context:
         self.system = system
         """Lifecycle hooks of the executor; given to the built-in ``_lifecycle`` only."""
         self._invoke = invoke
-
-    @property
-    def events(self) -> tuple[Event, ...]:
-        """Events emitted so far."""
-        return tuple(self._events)
 
     def _state_key(self, key: str) -> bytes:
         if not isinstance(key, str) or not key or "\x00" in key or len(key) > MAX_KEY_CHARS:
@@ -178,6 +173,7 @@ class Context:
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` (a canonical value: no floats, not None)."""
+        state_key = self._state_key(key)
         if value is None:
             raise ContractError("cannot store None; use delete()")
         try:
@@ -193,7 +189,7 @@ class Context:
             )
         charge_current(len(encoded) // 64)
         self._overlay.note_written(len(encoded))
-        self._overlay.writes[self._state_key(key)] = encoded
+        self._overlay.writes[state_key] = encoded
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error if absent)."""
@@ -225,6 +221,7 @@ class Context:
         """
         if not isinstance(name, str) or not 0 < len(name) <= MAX_EVENT_NAME:
             raise ContractError(f"an event name is a string of 1 to {MAX_EVENT_NAME} characters")
+        _check_text_encodes(name)
         if len(self._events) >= MAX_EVENTS:
             raise ContractError(f"a transaction emits at most {MAX_EVENTS} events")
         payload = (
@@ -241,6 +238,9 @@ class Context:
 
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
         """Call another contract's function within this transaction."""
+        for name in (contract, function):
+            if not isinstance(name, str) or not 0 < len(name) <= 128:
+                raise ContractError("invoke takes a contract and a function name (strings)")
         if self._invoke is None:
             raise ContractError("invoke is not available here")
         return self._invoke(contract, function, args)
@@ -275,14 +275,21 @@ def storable(value: Any, what: str) -> Any:
     return _canonical_checked(value)
 
 
+def _check_text_encodes(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ContractError("text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
 def _canonical_checked(value: Any) -> Any:
     if isinstance(value, str):
-        return check_no_address(value)
+        return _check_text_encodes(check_no_address(value))
     if isinstance(value, tuple | list):
         return [_canonical_checked(v) for v in value]
     if isinstance(value, dict):
-        return {check_no_address(k) if isinstance(k, str) else k: _canonical_checked(v)
-                for k, v in value.items()}  # fmt: skip
+        return {_canonical_checked(k): _canonical_checked(v) for k, v in value.items()}
     return value
 
 

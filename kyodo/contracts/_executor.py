@@ -21,16 +21,17 @@ read-only (``CONTRACT_TERMINATED``), or a resource limit is exceeded
 
 from __future__ import annotations
 
+import queue
 import re
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kyodo.codec import EncodeError, decode_value, encode_value
+from kyodo.codec import EncodeError, decode_value, encode, encode_value
 from kyodo.contracts._context import (
     DELETED,
     Caller,
@@ -57,6 +58,11 @@ from kyodo.ledger import CheckedTx, TxResult, TxStatus, split_state_key
 __all__ = ["BlockExecution", "Executor", "load_package_class"]
 
 MAX_INVOKE_DEPTH = 8
+MAX_RESULT_BYTES = 256 * 1024
+"""Encoded size of one transaction's result (it is kept in the block)."""
+EXECUTION_STACK_BYTES = 256 * 1024 * 1024
+"""Stack of the execution threads: C code that recurses without a check (hashing a
+nested tuple) must hit the sandbox's depth and step limits long before this."""
 EXECUTION_THREADS = 4
 """Threads executions run on (the block executor and concurrent queries)."""
 _INT_MAX_STR_DIGITS = 4300
@@ -135,10 +141,11 @@ class _Call:
         self, overlay: TxOverlay, namespace: str, depth: int, *, trusted: bool = False
     ) -> Context:
         def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
-            copied = tuple(storable(list(other_args), f"arguments of {other}.{fn}"))
+            copied = tuple(storable(list(other_args), "the invoked function's arguments"))
+            encode_value(list(copied))
             return self.call(overlay, other, fn, copied, depth=depth + 1)
 
-        return Context(
+        ctx = Context(
             namespace=namespace,
             overlay=overlay,
             caller=self.caller,
@@ -148,8 +155,9 @@ class _Call:
             invoke=invoke,
             members=self.members,
             system=_SystemHooks(self, overlay) if namespace == LIFECYCLE else None,
-            trusted=trusted,
         )
+        ctx._trusted = trusted  # never a constructor argument: contract code can construct
+        return ctx
 
     def call(
         self, overlay: TxOverlay, contract: str, function: str, args: tuple[Any, ...], depth: int
@@ -190,11 +198,13 @@ class _Call:
         result = spec.fn(instance, ctx, *args)
         spec.check_result(result)
         result = canonical(result) if trusted else storable(result, f"the result of {spec.name}")
-        self.events.extend(ctx.events)
+        self.events.extend(ctx._events)  # the executor's own record of what was emitted
         try:
-            encode_value(result)
+            size = len(encode_value(result))
         except EncodeError as exc:
             raise ContractError(f"{spec.name} returned a value that cannot be encoded") from exc
+        if size > MAX_RESULT_BYTES:
+            raise ContractError(f"{spec.name} returned {size} bytes, over {MAX_RESULT_BYTES}")
         return result
 
 
@@ -204,6 +214,10 @@ class _SystemHooks:
     def __init__(self, call: _Call, overlay: TxOverlay) -> None:
         self._call = call
         self._overlay = overlay
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether ``name`` is a built-in contract (packages may not take its name)."""
+        return name in self._call.executor.contract_names()
 
     def run_once(self, package: ContractPackage, function: str, args: tuple[Any, ...]) -> Any:
         """Run ``function`` of ``package`` (if it has one; ``init`` is optional) in its
@@ -240,6 +254,46 @@ def _check_access(
     )
 
 
+class _DeepStackPool:
+    """Worker threads with a large stack, each running submitted calls from the same
+    loop at the same stack depth (so recursion limits are met at the same point)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        with _STACK_SIZE_LOCK:
+            previous = threading.stack_size(EXECUTION_STACK_BYTES)
+            try:
+                for i in range(threads):
+                    worker = threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+                    worker.start()
+            finally:
+                threading.stack_size(previous)
+
+    def _serve(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, who decides
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        """Run ``fn(*args)`` on a worker; its future."""
+        future: Future[_T] = Future()
+        self._queue.put((lambda: fn(*args), future))
+        return future
+
+
+_STACK_SIZE_LOCK = threading.Lock()
+
+
 class Executor:
     """Runs contract functions against state; the same input gives the same output."""
 
@@ -251,8 +305,8 @@ class Executor:
         self._instances = {cls: cls() for cls in self._builtins.values()}
         self._packages: OrderedDict[bytes, type[Contract]] = OrderedDict()
         self._package_lock = threading.Lock()
-        self._workers = ThreadPoolExecutor(EXECUTION_THREADS, thread_name_prefix="contracts")
-        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="contract-compiler")
+        self._workers = _DeepStackPool(EXECUTION_THREADS, "contracts")
+        self._compiler = _DeepStackPool(1, "contract-compiler")
         """Every execution runs on one of these threads, at the same stack depth, so that
         Python's recursion limit (reached by C code walking deeply nested values) is hit
         at the same point on every node, whichever path (proposal, verification, query)
@@ -372,21 +426,27 @@ class Executor:
             if status is not TxStatus.OK:
                 results.append(_failed(checked, status, message))
                 continue
+            done = TxResult(
+                tx_id=checked.tx_id,
+                status=int(TxStatus.OK),
+                result=value,
+                message="",
+                events=tuple(call.events),
+            )
+            try:
+                encode(done)  # it goes into the block: prove now that it can
+            except Exception:  # a contract found a value we failed to refuse earlier
+                results.append(
+                    _failed(checked, TxStatus.CONTRACT_ERROR, "the result cannot be recorded")
+                )
+                continue
             for state_key in sorted(overlay.writes):
                 written = overlay.writes[state_key]
                 block.writes[state_key] = written
                 stored = None if written is DELETED else decode_value(written)  # type: ignore[arg-type]
                 history.append((state_key, index, checked.tx_id, stored))
                 last[state_key] = (index, checked.tx_id, stored)
-            results.append(
-                TxResult(
-                    tx_id=checked.tx_id,
-                    status=int(TxStatus.OK),
-                    result=value,
-                    message="",
-                    events=tuple(call.events),
-                )
-            )
+            results.append(done)
         return BlockExecution(results=tuple(results), writes=last, history=history)
 
     def _new_call(
@@ -496,22 +556,36 @@ def _classify(exc: Exception) -> TxStatus:
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
+_MESSAGE_CHARS = 1000
 
 
-def _describe(exc: Exception) -> str:
-    """The failure message kept in the block: the same on every node, so memory
-    addresses (in reprs the contract or Python put in it) are blanked."""
-    text = (
-        str(exc)
-        if isinstance(exc, ContractError)
-        else f"contract raised {type(exc).__name__}: {exc}"
-    )
-    return _ADDRESS.sub("0x?", text)
+def _describe(exc: BaseException) -> str:
+    """The failure message kept in the block: the same on every node.
+
+    Only text arguments are shown (rendering an arbitrary object could recurse or
+    take exponential time), cut short, with memory addresses blanked and anything
+    that is not valid Unicode replaced.
+    """
+    try:
+        if all(isinstance(a, str) for a in exc.args):
+            detail = ", ".join(a[:_MESSAGE_CHARS] for a in exc.args)[:_MESSAGE_CHARS]
+        else:
+            detail = "(the error's message is not text)"
+        kind = type(exc).__name__
+        text = detail if isinstance(exc, ContractError) else f"contract raised {kind}: {detail}"
+        return _clean(text)
+    except Exception:  # describing must never fail the node
+        return "contract failed (its error could not be described)"
+
+
+def _clean(text: str) -> str:
+    text = _ADDRESS.sub("0x?", text[:_MESSAGE_CHARS])
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:
     return TxResult(
-        tx_id=checked.tx_id, status=int(status), result=None, message=message[:1000], events=()
+        tx_id=checked.tx_id, status=int(status), result=None, message=_clean(message), events=()
     )
 
 

@@ -140,6 +140,11 @@ class LifecycleContract(Contract):
     def commit(self, ctx: Context, package: bytes) -> dict[str, Any]:
         """Deploy or upgrade the contract in ``package`` (approved by its hash)."""
         pkg = decode_package(package)
+        system = ctx.system
+        if system is None:
+            raise AssertionError("the executor gives _lifecycle its system hooks")
+        if system.is_builtin(pkg.name):
+            raise LifecycleError(f"{pkg.name!r} is a built-in contract's name")
         digest = pkg.package_hash()
         current = _definition(ctx, pkg.name)
         if current is not None and current["status"] == "terminated":
@@ -149,9 +154,6 @@ class LifecycleContract(Contract):
         # approvals first: an unapproved package's code is never even parsed
         approvers = _require_quorum(ctx, pkg.name, sequence, action, digest)
         pkg.check()
-        system = ctx.system
-        if system is None:
-            raise AssertionError("the executor gives _lifecycle its system hooks")
         ctx.put(f"package/{digest.hex()}", package)
         definition = {
             "name": pkg.name,

@@ -57,6 +57,7 @@ import ast
 import builtins
 import operator
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -442,6 +443,14 @@ class _Verifier(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self._check_name(node, node.name)
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if not (isinstance(target, ast.Name) and target.id == "function"):
+                self.refuse(
+                    decorator,
+                    "only @function and @function(...) may decorate a function "
+                    "(a decorator's closure would carry state between transactions)",
+                )
         args = node.args
         for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
             if not self._is_immutable(default):
@@ -694,6 +703,8 @@ def _meter() -> Meter:
 
 
 _SIZED = (str, bytes, list, tuple, dict)
+_DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+_GROWING_METHODS = frozenset({"append", "extend", "insert", "update", "setdefault"})
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
@@ -763,6 +774,8 @@ def expanded_size(value: Any, cap: int, *, max_depth: int = 64) -> int:
     twenty visits to find that it expands to a million. Nesting deeper than
     ``max_depth`` is refused (deterministically, before C code recurses into it).
     """
+    if isinstance(value, str | bytes):
+        return 1 + len(value) // _TEXT_PER_UNIT
     if not isinstance(value, _CONTAINERS):
         return 1
     memo: dict[int, int] = {}
@@ -774,10 +787,13 @@ def expanded_size(value: Any, cap: int, *, max_depth: int = 64) -> int:
             return known
         if depth > max_depth:
             raise ContractError(f"a value nested deeper than {max_depth} levels is not allowed")
-        items = list(node.items()) if isinstance(node, dict) else node
+        flat = _flatten_pairs(list(node.items()) if isinstance(node, dict) else node, node)
         total = 1 + len(node)
-        if not _CONTAINERS_IN.isdisjoint(map(type, _flatten_pairs(items, node))):
-            for item in _flatten_pairs(items, node):
+        kinds = set(map(type, flat))
+        if str in kinds or bytes in kinds:  # text counts by its length, as encoding it does
+            total += sum(len(i) for i in flat if type(i) in (str, bytes)) // _TEXT_PER_UNIT
+        if not _CONTAINERS_IN.isdisjoint(kinds):
+            for item in flat:
                 if isinstance(item, _CONTAINERS):
                     total += size(item, depth + 1) - 1
                     if total > cap:
@@ -786,6 +802,10 @@ def expanded_size(value: Any, cap: int, *, max_depth: int = 64) -> int:
         return total
 
     return size(value, 0)
+
+
+_TEXT_PER_UNIT = 16
+"""Characters or bytes of text counted as one element by ``expanded_size``."""
 
 
 _CONTAINERS_IN = frozenset(_CONTAINERS)
@@ -798,8 +818,11 @@ def _flatten_pairs(items: Any, node: Any) -> Any:
 
 
 def _metered_items(meter: Meter, items: Iterator[Any]) -> Iterator[Any]:
+    per = meter.limits.alloc_per_step
     for item in items:
         meter.steps_left -= 1
+        if type(item) in _CONTAINERS_IN:  # what consumes it may hash or compare all of it
+            meter.steps_left -= _walk_cost(meter, item) // per
         if meter.steps_left < 0:
             raise meter.fail(f"execution budget of {meter.limits.max_steps} steps exceeded")
         yield item
@@ -873,6 +896,7 @@ class Guards:
         """An attribute read without calling it: a method comes back guarded, so a
         method kept in a variable is metered like ``obj.method(...)``."""
         _check_attr_name(name)
+        _meter().charge(1)
         value = getattr(obj, name)
         for raw, guarded in _RAW_TYPES:
             if value is raw:
@@ -889,6 +913,8 @@ class Guards:
             raise _meter().fail("out of memory")
         if isinstance(error, RecursionError):
             raise _meter().fail("recursion too deep")
+        meter = _meter()
+        meter.charge(1 + sum(len(a) for a in error.args if isinstance(a, str)) // _TEXT_PER_UNIT)
         error.args = tuple(
             _HEX_ADDRESS.sub("0x?", a) if isinstance(a, str) else a for a in error.args
         )
@@ -908,11 +934,29 @@ class Guards:
         return _check_size(meter, list(Guards.it(value)))
 
     @staticmethod
+    def invoke(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """A call of a plain name (a builtin, a class, a function): a step, and its result
+        charged by size like any allocation."""
+        meter = _meter()
+        meter.charge(1)
+        return _check_size(meter, fn(*args, **kwargs))
+
+    @staticmethod
+    def pending() -> None:
+        """First statement of every ``finally`` block: a MemoryError or RecursionError
+        in flight becomes a limit, so the block cannot replace it with another error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, MemoryError):
+            raise _meter().fail("out of memory")
+        if isinstance(error, RecursionError):
+            raise _meter().fail("recursion too deep")
+
+    @staticmethod
     def call(obj: Any, name: str, /, *args: Any, **kwargs: Any) -> Any:
         _check_attr_name(name)
         meter = _meter()
         meter.charge(1)
-        if name == "join" and args and not isinstance(args[0], list | tuple):
+        if name in ("join", "extend") and args and not isinstance(args[0], _SIZED):
             args = (_check_size(meter, list(Guards.it(args[0]))), *args[1:])
         if isinstance(obj, _SIZED):
             _charge_work(meter, obj, name, args)
@@ -922,7 +966,14 @@ class Guards:
             length = args[0] if args else kwargs.get("length", 1)
             if isinstance(length, int):
                 _predict(meter, length)
-        return _check_size(meter, getattr(obj, name)(*args, **kwargs))
+        result = getattr(obj, name)(*args, **kwargs)
+        if (
+            isinstance(obj, list | dict)
+            and name in _GROWING_METHODS
+            and len(obj) > meter.limits.max_len
+        ):
+            raise meter.fail(f"a value of {len(obj)} elements is over the limit")
+        return _check_size(meter, result)
 
     @staticmethod
     def operand(value: Any) -> Any:
@@ -930,6 +981,8 @@ class Guards:
         meter = _meter()
         if isinstance(value, _SIZED):
             meter.charge(1 + _walk_cost(meter, value) // meter.limits.alloc_per_step)
+        elif isinstance(value, _DICT_VIEWS):
+            meter.charge(1 + len(value) // meter.limits.alloc_per_step)  # type: ignore[arg-type]
         else:
             meter.charge(1)
         return value
@@ -959,13 +1012,22 @@ class Guards:
     @staticmethod
     def text(value: Any) -> Any:
         """An f-string value: refuse before formatting what would expand too much."""
-        if isinstance(value, _CONTAINERS):
+        if isinstance(value, BaseException):
+            walked: Any = value.args
+        elif isinstance(value, _DICT_VIEWS):
+            walked = list(value)  # type: ignore[call-overload]
+        else:
+            walked = value
+        if isinstance(walked, _CONTAINERS):
             meter = _meter()
-            if expanded_size(value, meter.limits.max_len) > meter.limits.max_len:
+            units = expanded_size(walked, meter.limits.max_len)
+            if units > meter.limits.max_len:
                 raise meter.fail("the text of this value would be over the size limit")
+            meter.charge(units // meter.limits.alloc_per_step)
         return value
 
 
+_REVERSE_SEARCHES = frozenset({"rfind", "rindex", "rsplit", "rpartition"})
 _CODECS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1"})
 
 _CONSTANT_TIME_METHODS = frozenset(
@@ -994,9 +1056,11 @@ def _charge_work(meter: Meter, obj: Any, name: str, args: tuple[Any, ...]) -> No
     if name == "pop" and isinstance(obj, list) and not args:
         pass  # popping the last element is constant time
     elif name == "sort":
-        work += len(obj) * 4  # n log n, with n at most max_len
+        work += _walk_cost(meter, obj) * 4  # n log n, with n at most max_len
+    elif name in _REVERSE_SEARCHES and args and isinstance(args[0], str | bytes):
+        work += len(obj) * max(len(args[0]), 1)  # CPython's reverse search is quadratic
     elif name not in _CONSTANT_TIME_METHODS:
-        work += len(obj)
+        work += _walk_cost(meter, obj)
     if work >= per:
         meter.charge(work // per)
 
@@ -1077,8 +1141,10 @@ setting of PYTHONINTMAXSTRDIGITS (640 at least), so no node's environment decide
 
 
 def _guarded_int(*args: Any, **kwargs: Any) -> int:
-    if args and isinstance(args[0], str | bytes) and len(args[0]) > _MAX_INT_TEXT:
-        raise ContractError(f"int() of text longer than {_MAX_INT_TEXT} characters")
+    if args and isinstance(args[0], str | bytes):
+        if len(args[0]) > _MAX_INT_TEXT:
+            raise ContractError(f"int() of text longer than {_MAX_INT_TEXT} characters")
+        _meter().charge(len(args[0]) * len(args[0]) // 65536)  # conversion is quadratic
     return _check_size(_meter(), int(*args, **kwargs))  # type: ignore[no-any-return]
 
 
@@ -1371,6 +1437,14 @@ class _Rewriter(ast.NodeTransformer):
                 args=[ast.Constant(func.id), *node.args],
                 keywords=node.keywords,
             )
+        if _is_guard_call(node.func):
+            return node
+        return ast.Call(func=_guard("invoke"), args=[node.func, *node.args], keywords=node.keywords)
+
+    def visit_Try(self, node: ast.Try) -> ast.Try:
+        self.generic_visit(node)
+        if node.finalbody:
+            node.finalbody = [ast.Expr(_guard_call("pending")), *node.finalbody]
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
@@ -1434,6 +1508,11 @@ def _operand(node: ast.expr) -> ast.expr:
     if isinstance(node, ast.Constant):
         return node  # a literal's size is bounded by the verifier
     return _guard_call("operand", node)
+
+
+def _is_guard_call(func: ast.expr) -> bool:
+    """A call the rewriter itself produced (``kyodo_guard_.x(...)``)."""
+    return isinstance(func, ast.Attribute) and _is_guard(func.value)
 
 
 def _is_guard(node: ast.expr) -> bool:

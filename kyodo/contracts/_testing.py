@@ -73,7 +73,15 @@ class InMemoryState:
             yield key, _fresh(self.entries[(namespace, key)])
 
     def get_history(self, namespace: str, key: str, *, limit: int = 1000) -> list[HistoryEntry]:
-        return list(self.history.get((namespace, key), []))[:limit]
+        return [
+            HistoryEntry(
+                height=h.height,
+                tx_index=h.tx_index,
+                tx_id=h.tx_id,
+                value=None if h.value is None else decode_value(encode_value(h.value)),
+            )
+            for h in self.history.get((namespace, key), [])[:limit]
+        ]
 
     def apply(self, height: int, execution: BlockExecution) -> None:
         """Apply a block's writes and history, as the store does when it appends."""
