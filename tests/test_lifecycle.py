@@ -367,3 +367,29 @@ def test_declared_return_types_are_checked_and_generic_parameters_accepted() -> 
     assert tags.status == TxStatus.OK and tags.result == ["a", "b"]
     assert bad_arg.status == TxStatus.CONTRACT_ERROR and "must be list" in bad_arg.message
     assert "declared to return None but returned int" in nothing.message
+
+
+def test_access_rules_take_the_policy_language() -> None:
+    source = textwrap.dedent(
+        """
+        from kyodo.contract import Context, Contract, function
+
+
+        class Guarded(Contract):
+            @function(allow=("OR('org1.client', 'org2.admin')",))
+            def f(self, ctx: Context) -> int:
+                return 1
+        """
+    )
+    chain = Chain()
+    chain.deploy(package(source, name="guarded", init_args=()))
+    by_user1, by_user2, by_admin2 = chain.block(
+        tx(USER1, "guarded", "f"), tx(USER2, "guarded", "f"), tx(ADMINS["org2"], "guarded", "f")
+    ).results
+    assert by_user1.status == TxStatus.OK and by_admin2.status == TxStatus.OK
+    assert by_user2.status == TxStatus.ACCESS_DENIED
+    assert "OR('org1.client', 'org2.admin')" in by_user2.message
+    bad = package(source.replace("OR('org1.client'", "OR('org1.boss'"), name="bad_rule")
+    chain.approve(("org1", "org2"), "bad_rule", 1, "deploy", bad.package_hash())
+    (refused,) = chain.block(tx(ADMINS["org1"], "_lifecycle", "commit", encode(bad))).results
+    assert refused.status == TxStatus.CONTRACT_ERROR and "unknown role 'boss'" in refused.message

@@ -9,6 +9,7 @@ before the function runs, so a contract never sees a wrongly typed value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import types
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, TypeVar, overload
 
 from kyodo.contracts._sandbox import charge_current
 from kyodo.contracts.errors import ArgumentError, ContractError
+from kyodo.policy import Identity, Policy, PolicySyntaxError, Principal, evaluate, parse_policy
 
 __all__ = [
     "Contract",
@@ -133,23 +135,33 @@ def _return_type(annotation: Any) -> type | None:
 
 
 def check_rule(rule: Any) -> str:
-    """``rule`` if it is a well-formed access rule; raise ArgumentError otherwise."""
+    """``rule`` if it is a well-formed access rule; raise ArgumentError otherwise.
+
+    A rule is ``'*'`` (every member), the shorthand ``org.role`` (``*`` for any part),
+    or a policy of the policy language (``OR('org1.admin', 'org2.client')``).
+    """
     if not isinstance(rule, str):
-        raise ArgumentError(f"access rule {rule!r} must be a string 'org.role'")
-    if rule == "*":
-        return rule
-    org, dot, role = rule.partition(".")
-    if not dot or not org or not role or "." in role:
-        raise ArgumentError(f"access rule {rule!r} must read 'org.role' ('*' for any part)")
+        raise ArgumentError(f"access rule {rule!r} must be a string 'org.role' or a policy")
+    try:
+        parse_rule(rule)
+    except PolicySyntaxError as exc:
+        raise ArgumentError(f"access rule {rule!r}: {exc}") from None
     return rule
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_rule(rule: str) -> Policy:
+    """The policy a rule stands for (raises PolicySyntaxError)."""
+    if rule == "*":
+        return Principal(org="*", role="*")
+    if rule and rule[0] not in "'\"" and "(" not in rule:
+        return parse_policy(f"'{rule}'")  # the org.role shorthand
+    return parse_policy(rule)
 
 
 def rule_matches(rule: str, org: str, role: str) -> bool:
     """Whether a caller of ``org`` with ``role`` satisfies ``rule``."""
-    if rule == "*":
-        return True
-    rule_org, _, rule_role = rule.partition(".")
-    return rule_org in ("*", org) and rule_role in ("*", role)
+    return evaluate(parse_rule(rule), [Identity(org=org, role=role)]).allowed
 
 
 def sha256_hex(data: bytes | str) -> str:
