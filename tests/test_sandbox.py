@@ -89,6 +89,14 @@ ESCAPES: list[tuple[str, str, int, str]] = [
     ("unknown builtin", in_function("x = frobnicate(1)"), 7, "unknown name"),
     ("walrus in isinstance", in_function("isinstance(0, (B := bytes))"), 7, "class name"),
     ("function table", in_function("self.functions()"), 7, "function table"),
+    ("slice assignment", in_function("x = [0]\nx[0:0] = x"), 8, "assigning to a slice"),
+    ("slice deletion", in_function("x = [0]\ndel x[0:1]"), 8, "deleting a slice"),
+    ("try in finally", in_function("try:\n    pass\nfinally:\n    try:\n        pass\n"
+     "    except ValueError:\n        pass"), 10, "try inside 'finally'"),
+    ("class in a function", in_function("class K(Contract):\n    pass"), 7, "module level"),
+    ("dict view mapping", in_function("x = {}.keys().mapping"), 7, "mapping"),
+    ("other decorators", HEADER + "def d(f):\n    return f\n\n\n@d\ndef g():\n    return 1\n",
+     6, "only @function"),
 ]  # fmt: skip
 
 

@@ -270,6 +270,58 @@ ATTACKS = {
                     height=0, tx_id=b"", trusted=True)
         return 1
     """,
+    # fourth review
+    "a prefix that is not text": """
+        r = range(1000000)
+        return len(ctx.prefix(r))
+    """,
+    "a quadratic codec through bytes()": """
+        s = "".join(map(lambda i: chr(i), range(0x100, 0x100 + 12000)))
+        return len(bytes(s, "punycode"))
+    """,
+    "a range of huge integers": """
+        b = 1 << 4095
+        return len(list(range(b, b + 1000000)))
+    """,
+    "quadratic strip": """
+        s = "\u0200" * 300000
+        return len(s.strip("\u0100" * 300000 + "\u0200"))
+    """,
+    "copying keyword arguments": """
+        d = {str(i): 0 for i in range(12000)}
+        g = lambda **kw: 0
+        n = 0
+        while n < 20000:
+            g(**d)
+            n += 1
+        return n
+    """,
+    "starred assignment copies": """
+        big = [0] * 1000000
+        n = 0
+        for i in range(5000):
+            first, *rest = big
+            n += 1
+        return n
+    """,
+    "long basic blocks of unary operations": """
+        a = (1 << 4000) - 1
+        while True:
+            a = ~a
+            a = ~a
+            a = ~a
+            a = ~a
+            a = ~a
+            a = ~a
+            a = ~a
+            a = ~a
+    """,
+    "disjointness of shared tuples": """
+        t = (1,)
+        for i in range(40):
+            t = (t, t)
+        return {}.keys().isdisjoint([t])
+    """,
     "mutating emitted events": """
         ctx.emit("e", [0])
         ctx.events[0].payload[0] = 1
@@ -372,6 +424,43 @@ def test_annotations_that_compute_are_refused_and_never_evaluated() -> None:
     )
     violations = check_source(source, "annotation.py")
     assert violations and "annotation must be a type" in violations[0].reason
+
+
+def test_an_invoked_call_that_fails_leaves_no_writes_even_if_caught() -> None:
+    callee = contract(
+        """
+        ctx.put("bal", 10)
+        raise ContractError("over the limit")
+        """
+    )
+    caller = contract(
+        """
+        try:
+            ctx.invoke("callee", "f")
+        except ContractError:
+            pass
+        return 1
+        """
+    )
+    ledger = LocalLedger(orgs=("org1",))
+    ledger.deploy(callee, name="callee")
+    ledger.deploy(caller, name="caller")
+    assert ledger.submit(ledger.member("org1"), "caller", "f") == 1
+    assert ledger.get("callee", "bal") is None
+
+
+def test_built_in_contracts_cannot_be_invoked_by_a_deployed_one() -> None:
+    ledger = LocalLedger(orgs=("org1",), builtins={"asset_transfer": _AssetTransfer})
+    ledger.deploy(contract('return ctx.invoke("asset_transfer", "balance", "a")'), name="deputy")
+    with pytest.raises(TxFailed, match="cannot be invoked by a contract"):
+        ledger.submit(ledger.member("org1"), "deputy", "f")
+
+
+def test_deleting_an_absent_key_records_nothing() -> None:
+    ledger = LocalLedger(orgs=("org1",))
+    ledger.deploy(contract('ctx.delete("nothing")\nreturn 1'), name="deleter")
+    ledger.submit(ledger.member("org1"), "deleter", "f")
+    assert ledger.history("deleter", "nothing") == []
 
 
 def test_a_decorator_other_than_function_is_refused() -> None:

@@ -90,12 +90,22 @@ class TxOverlay:
         entry = self.parent.get_state(namespace, key)
         return None if entry is None else entry.value
 
-    def merged_keys(self, namespace: str, start: str, end: str | None) -> dict[str, Any]:
-        """Every key of namespace in [start, end) as this overlay sees it."""
+    def merged_keys(
+        self,
+        namespace: str,
+        start: str,
+        end: str | None,
+        on_value: Callable[[Any], None] = lambda _value: None,
+    ) -> dict[str, Any]:
+        """Every key of namespace in [start, end) as this overlay sees it; ``on_value``
+        sees each value as it is read (to charge for it before the next is decoded)."""
         if isinstance(self.parent, TxOverlay):
-            view = self.parent.merged_keys(namespace, start, end)
+            view = self.parent.merged_keys(namespace, start, end, on_value)
         else:
-            view = {k: e.value for k, e in self.parent.iter_state(namespace, start, end)}
+            view = {}
+            for k, e in self.parent.iter_state(namespace, start, end):
+                on_value(e.value)
+                view[k] = e.value
         prefix = namespace.encode() + b"\x00"
         for state_key, value in self.writes.items():
             if not state_key.startswith(prefix):
@@ -107,6 +117,7 @@ class TxOverlay:
                 view.pop(key, None)
             else:
                 view[key] = decode_value(value)  # type: ignore[arg-type]
+                on_value(view[key])
         return view
 
     def note_written(self, size: int) -> None:
@@ -192,24 +203,36 @@ class Context:
         self._overlay.writes[state_key] = encoded
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` (no error if absent)."""
-        self._overlay.writes[self._state_key(key)] = _DELETED
+        """Remove ``key`` (no error, and nothing recorded, if absent)."""
+        state_key = self._state_key(key)
+        if self._overlay.lookup(state_key, self._namespace, key) is None:
+            return
+        charge_current(1)
+        self._overlay.note_written(len(state_key))
+        self._overlay.writes[state_key] = _DELETED
 
     def range(self, start: str = "", end: str | None = None) -> list[tuple[str, Any]]:
         """Keys in [start, end), sorted, with their values."""
-        view = self._overlay.merged_keys(self._namespace, start, end)
-        if not self._trusted:
-            _charge_read(list(view.values()))
+        for bound in (start, end):
+            if bound is not None and (not isinstance(bound, str) or len(bound) > MAX_KEY_CHARS):
+                raise ContractError(
+                    f"range bounds are strings of at most {MAX_KEY_CHARS} characters"
+                )
+        charge = (lambda _value: None) if self._trusted else _charge_read
+        view = self._overlay.merged_keys(self._namespace, start, end, charge)
         return sorted(view.items())
 
     def prefix(self, prefix: str) -> list[tuple[str, Any]]:
         """Keys starting with ``prefix``, sorted, with their values."""
+        if not isinstance(prefix, str) or len(prefix) > MAX_KEY_CHARS:
+            raise ContractError(f"a prefix is a string of at most {MAX_KEY_CHARS} characters")
         return self.range(prefix, prefix_end(prefix))
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Committed writes of ``key``, oldest first (this block's are not included)."""
         self._state_key(key)
-        found = self._overlay.committed().get_history(self._namespace, key)
+        charge_current(1)
+        found = self._overlay.committed().get_history(self._namespace, key, limit=100)
         if not self._trusted:
             _charge_read([entry.value for entry in found])
         return found
@@ -261,7 +284,9 @@ def canonical(value: Any) -> Any:
 def _charge_read(value: Any) -> None:
     """Decoding and handing out a value costs in proportion to its elements."""
     if isinstance(value, list | tuple | dict):
-        charge_current(expanded_size(value, MAX_STORED_ELEMENTS * 64) // 16)
+        charge_current(
+            expanded_size(value, MAX_STORED_ELEMENTS * 64) // 4
+        )  # decoding costs ~1 us per element
 
 
 def storable(value: Any, what: str) -> Any:
@@ -271,7 +296,7 @@ def storable(value: Any, what: str) -> Any:
     elements = expanded_size(value, MAX_STORED_ELEMENTS)
     if elements > MAX_STORED_ELEMENTS:
         raise ContractError(f"{what} has over {MAX_STORED_ELEMENTS} elements")
-    charge_current(elements // 16)
+    charge_current(elements // 4)  # checking and encoding ~1 us per element
     return _canonical_checked(value)
 
 

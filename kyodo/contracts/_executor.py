@@ -143,7 +143,13 @@ class _Call:
         def invoke(other: str, fn: str, other_args: tuple[Any, ...]) -> Any:
             copied = tuple(storable(list(other_args), "the invoked function's arguments"))
             encode_value(list(copied))
-            return self.call(overlay, other, fn, copied, depth=depth + 1)
+            # The callee writes into its own overlay, kept only if it returns: a caller
+            # that catches the callee's error does not keep the callee's partial writes.
+            child = TxOverlay(overlay)
+            result = self.call(child, other, fn, copied, depth=depth + 1)
+            overlay.writes.update(child.writes)
+            overlay.note_written(child.written_bytes)
+            return result
 
         ctx = Context(
             namespace=namespace,
@@ -164,7 +170,7 @@ class _Call:
     ) -> Any:
         if depth > MAX_INVOKE_DEPTH:
             raise ContractError("contract invocations nested too deeply")
-        if depth > 0 and contract.startswith("_"):
+        if depth > 0 and (contract.startswith("_") or contract in self.executor.builtin_names):
             raise ContractError(f"built-in contract {contract!r} cannot be invoked by a contract")
         resolved: _Resolved = self.resolve(contract)
         spec = _spec(resolved.cls, contract, function)
@@ -317,6 +323,11 @@ class Executor:
 
     def _at_fixed_depth(self, fn: Callable[[], _T]) -> _T:
         return self._workers.submit(fn).result()
+
+    @property
+    def builtin_names(self) -> frozenset[str]:
+        """Names of the built-in contracts."""
+        return frozenset(self._builtins)
 
     def contract_names(self) -> list[str]:
         """Names of the built-in contracts (deployed ones are in ``_lifecycle``'s state)."""

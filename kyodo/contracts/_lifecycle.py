@@ -32,7 +32,7 @@ from typing import Any
 
 from kyodo.codec import encode
 from kyodo.contracts._context import Context
-from kyodo.contracts._package import decode_package
+from kyodo.contracts._package import CONTRACT_NAME, decode_package
 from kyodo.contracts._sdk import Contract, function
 from kyodo.contracts.errors import LifecycleError
 from kyodo.crypto import sha256
@@ -115,6 +115,8 @@ class LifecycleContract(Contract):
         """Record the caller's organization's approval of a proposal."""
         if action not in ACTIONS:
             raise LifecycleError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
+        if name != POLICY_NAME and not CONTRACT_NAME.fullmatch(name):
+            raise LifecycleError(f"{name!r} is not a contract name")
         if (action == "policy") != (name == POLICY_NAME):
             raise LifecycleError(f"the policy action applies to {POLICY_NAME!r} only")
         if len(package_hash) != 32:

@@ -23,7 +23,8 @@ __all__ = ["MAX_PACKAGE_BYTES", "ContractPackage", "decode_package", "package_ha
 MAX_PACKAGE_BYTES = 240 * 1024
 """A package is kept in the ledger's state, whose values are at most 256 KiB."""
 
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+CONTRACT_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_NAME = CONTRACT_NAME
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
 
 

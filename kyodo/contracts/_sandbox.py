@@ -213,6 +213,7 @@ _ATTR_REASONS: dict[str, str] = {
         ("format", "format_map"),
         "format strings can reach attributes the verifier never saw; use an f-string",
     ),
+    "mapping": "a dict view's mapping is a proxy the sandbox does not meter",
     "functions": "the function table is the executor's (contracts cannot read or change it)",
 }
 
@@ -358,6 +359,12 @@ class _Verifier(ast.NodeVisitor):
     def visit_Try(self, node: ast.Try) -> None:
         for stmt in node.finalbody:
             for child in _walk_same_function(stmt):
+                if isinstance(child, ast.Try) and child is not node:
+                    self.refuse(
+                        child,
+                        "try inside 'finally' is not allowed (the compiled code doubles "
+                        "with every level)",
+                    )
                 if isinstance(child, ast.Return | ast.Break | ast.Continue):
                     self.refuse(
                         child,
@@ -422,6 +429,8 @@ class _Verifier(ast.NodeVisitor):
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self._check_name(node, node.name)
+        if getattr(self, "depth_in_functions", 0):
+            self.refuse(node, "classes are defined at module level only")
         if node.keywords:
             self.refuse(node, "class keywords (metaclass=...) are not allowed")
         if node.decorator_list:
@@ -442,6 +451,13 @@ class _Verifier(ast.NodeVisitor):
             self.visit(child)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.depth_in_functions = getattr(self, "depth_in_functions", 0) + 1
+        try:
+            self._visit_function(node)
+        finally:
+            self.depth_in_functions -= 1
+
+    def _visit_function(self, node: ast.FunctionDef) -> None:
         self._check_name(node, node.name)
         for decorator in node.decorator_list:
             target = decorator.func if isinstance(decorator, ast.Call) else decorator
@@ -571,6 +587,13 @@ class _Verifier(ast.NodeVisitor):
             return
         self.generic_visit(node)
 
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            for part in ast.walk(target):
+                if isinstance(part, ast.Subscript) and isinstance(part.slice, ast.Slice):
+                    self.refuse(part, "assigning to a slice is not allowed; build a new list")
+        self.generic_visit(node)
+
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         if isinstance(node.op, ast.Div):
             self.refuse(node, "'/=' yields floating point; use '//=' and integers")
@@ -604,6 +627,8 @@ class _Verifier(ast.NodeVisitor):
         for target in node.targets:
             if not isinstance(target, ast.Name | ast.Subscript):
                 self.refuse(target, "del only of names and items")
+            elif isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Slice):
+                self.refuse(target, "deleting a slice is not allowed; build a new list")
         self.generic_visit(node)
 
 
@@ -792,6 +817,8 @@ def expanded_size(value: Any, cap: int, *, max_depth: int = 64) -> int:
         kinds = set(map(type, flat))
         if str in kinds or bytes in kinds:  # text counts by its length, as encoding it does
             total += sum(len(i) for i in flat if type(i) in (str, bytes)) // _TEXT_PER_UNIT
+        if int in kinds:  # a big integer's text is long and slow to make
+            total += sum(i.bit_length() for i in flat if type(i) is int) // 256
         if not _CONTAINERS_IN.isdisjoint(kinds):
             for item in flat:
                 if isinstance(item, _CONTAINERS):
@@ -834,6 +861,18 @@ class Guards:
     __slots__ = ()
 
     # steps and depth
+
+    @staticmethod
+    def steps(count: int) -> None:
+        """A loop iteration whose body has ``count`` statements."""
+        _meter().charge(count)
+
+    @staticmethod
+    def unary(op: str, value: Any) -> Any:
+        meter = _meter()
+        meter.charge(1)
+        result = _UNARY[op](value)
+        return _check_size(meter, result)
 
     @staticmethod
     def step() -> None:
@@ -958,6 +997,12 @@ class Guards:
         meter.charge(1)
         if name in ("join", "extend") and args and not isinstance(args[0], _SIZED):
             args = (_check_size(meter, list(Guards.it(args[0]))), *args[1:])
+        if isinstance(obj, _DICT_VIEWS):
+            receiver = list(obj)  # type: ignore[call-overload]
+            meter.charge(_walk_cost(meter, receiver) // meter.limits.alloc_per_step)
+            for arg in args:
+                if isinstance(arg, _SIZED):
+                    meter.charge(_walk_cost(meter, arg) // meter.limits.alloc_per_step)
         if isinstance(obj, _SIZED):
             _charge_work(meter, obj, name, args)
             if isinstance(obj, str | bytes | list):
@@ -982,7 +1027,10 @@ class Guards:
         if isinstance(value, _SIZED):
             meter.charge(1 + _walk_cost(meter, value) // meter.limits.alloc_per_step)
         elif isinstance(value, _DICT_VIEWS):
-            meter.charge(1 + len(value) // meter.limits.alloc_per_step)  # type: ignore[arg-type]
+            walked = list(value)  # type: ignore[call-overload]
+            meter.charge(1 + _walk_cost(meter, walked) // meter.limits.alloc_per_step)
+        elif isinstance(value, range):
+            meter.charge(1 + len(value) // meter.limits.alloc_per_step)
         else:
             meter.charge(1)
         return value
@@ -1059,6 +1107,8 @@ def _charge_work(meter: Meter, obj: Any, name: str, args: tuple[Any, ...]) -> No
         work += _walk_cost(meter, obj) * 4  # n log n, with n at most max_len
     elif name in _REVERSE_SEARCHES and args and isinstance(args[0], str | bytes):
         work += len(obj) * max(len(args[0]), 1)  # CPython's reverse search is quadratic
+    elif name in ("strip", "lstrip", "rstrip") and args and isinstance(args[0], str | bytes):
+        work += len(obj) * max(len(args[0]), 1)  # each character against every one in chars
     elif name not in _CONSTANT_TIME_METHODS:
         work += _walk_cost(meter, obj)
     if work >= per:
@@ -1119,6 +1169,8 @@ def _precheck(meter: Meter, op: str, left: Any, right: Any) -> None:
 
 
 def _guarded_range(*args: int) -> range:
+    if any(isinstance(a, int) and a.bit_length() > 64 for a in args):
+        raise ContractError("range() takes 64-bit integers")
     result = range(*args)
     if len(result) > _meter().limits.max_len:
         raise _meter().fail(f"a range of {len(result)} is over the limit")
@@ -1159,16 +1211,26 @@ def _lazy(fn: Callable[..., Any], first_iterable: int) -> Callable[..., Any]:
     return guarded
 
 
-def _guarded_bytes(*args: Any) -> bytes:
+def _guarded_bytes(*args: Any, **kwargs: Any) -> bytes:
+    _check_codec_args(args, kwargs)
     if args and isinstance(args[0], int):
         _predict(_meter(), args[0])
-    return _check_size(_meter(), bytes(*args))  # type: ignore[no-any-return]
+    return _check_size(_meter(), bytes(*args, **kwargs))  # type: ignore[no-any-return]
 
 
-def _guarded_str(*args: Any) -> str:
+def _check_codec_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    codec = args[1] if len(args) > 1 else kwargs.get("encoding")
+    if codec is not None and (
+        not isinstance(codec, str) or codec.lower().replace("_", "-") not in _CODECS
+    ):
+        raise ContractError(f"codec {codec!r} is not available; use utf-8, ascii or latin-1")
+
+
+def _guarded_str(*args: Any, **kwargs: Any) -> str:
+    _check_codec_args(args, kwargs)
     if args:
         Guards.text(args[0])
-    return check_no_address(_check_size(_meter(), str(*args)))
+    return check_no_address(_check_size(_meter(), str(*args, **kwargs)))
 
 
 def _guarded_repr(value: Any) -> str:
@@ -1352,13 +1414,35 @@ class _Rewriter(ast.NodeTransformer):
         return _guard_call("lam", node)
 
     def visit_For(self, node: ast.For) -> ast.For:
+        size = _statements(node.body)
         self.generic_visit(node)
         node.iter = _guard_call("it", node.iter)
+        if size > 1:  # the iterator charges one step per item; the body may cost more
+            node.body = [ast.Expr(_guard_call("steps", ast.Constant(size - 1))), *node.body]
         return node
 
     def visit_While(self, node: ast.While) -> ast.While:
+        size = _statements(node.body)
         self.generic_visit(node)
-        node.body = [ast.Expr(_guard_call("step")), *node.body]
+        node.body = [ast.Expr(_guard_call("steps", ast.Constant(size))), *node.body]
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not):
+            return node
+        return _guard_call("unary", ast.Constant(type(node.op).__name__), node.operand)
+
+    def visit_keyword(self, node: ast.keyword) -> ast.keyword:
+        self.generic_visit(node)
+        if node.arg is None:  # f(**mapping): the call copies it
+            node.value = _guard_call("star", node.value)
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.Assign:
+        self.generic_visit(node)
+        if any(isinstance(p, ast.Starred) for t in node.targets for p in ast.walk(t)):
+            node.value = _guard_call("star", node.value)  # first, *rest = big: a copy
         return node
 
     def visit_comprehension(self, node: ast.comprehension) -> ast.comprehension:
@@ -1508,6 +1592,23 @@ def _operand(node: ast.expr) -> ast.expr:
     if isinstance(node, ast.Constant):
         return node  # a literal's size is bounded by the verifier
     return _guard_call("operand", node)
+
+
+def _statements(body: list[ast.stmt]) -> int:
+    """Statements a loop body runs per iteration at most (nested functions excluded)."""
+    count = 0
+    for stmt in body:
+        for node in _walk_same_function(stmt):
+            if isinstance(node, ast.stmt):
+                count += 1
+    return max(count, 1)
+
+
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "USub": operator.neg,
+    "UAdd": operator.pos,
+    "Invert": operator.invert,
+}
 
 
 def _is_guard_call(func: ast.expr) -> bool:
