@@ -136,6 +136,8 @@ class _Call:
         self.tx_id = tx_id
         self.members = members
         self.events: list[Any] = []
+        self.ran_sandboxed = False
+        """Whether deployed (untrusted) code ran in this transaction."""
 
     def context(
         self, overlay: TxOverlay, namespace: str, depth: int, *, trusted: bool = False
@@ -199,6 +201,7 @@ class _Call:
         depth: int,
     ) -> Any:
         trusted = not cls._kyodo_sandboxed
+        self.ran_sandboxed = self.ran_sandboxed or not trusted
         ctx = self.context(overlay, namespace, depth, trusted=trusted)
         instance = self.executor.instance(cls)
         result = spec.fn(instance, ctx, *args)
@@ -445,7 +448,8 @@ class Executor:
                 events=tuple(call.events),
             )
             try:
-                encode(done)  # it goes into the block: prove now that it can
+                if call.ran_sandboxed:
+                    encode(done)  # it goes into the block: prove now that it can
             except Exception:  # a contract found a value we failed to refuse earlier
                 results.append(
                     _failed(checked, TxStatus.CONTRACT_ERROR, "the result cannot be recorded")
