@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from kyodo.cli._network import LocalNetwork, create_network
+from kyodo.client import KyodoError
 from kyodo.codec import encode
 from kyodo.crypto import Ed25519Signer
 from kyodo.ledger import (
@@ -127,3 +128,40 @@ def test_malformed_arguments_are_refused(current):
     for args in [(b"not a config", []), ("text", []), (b"", "x"), ()]:
         with pytest.raises(TransactionRejectedError):
             check_config_update(view, args, now_ms=time.time_ns() // 1_000_000)  # type: ignore[arg-type]
+
+
+def test_an_admin_policy_in_the_configuration_decides_who_approves(net, current):
+    policy = "AND('org1.admin', OR('org2.admin', 'org3.admin'))"
+    governed = replace(current, admin_policy=policy)
+    raw = encode(next_config(governed, admin_policy=policy))
+    assert check(governed, raw, approvals(net, raw, current.chain_id, ["org1", "org3"]))
+    with pytest.raises(TransactionRejectedError) as refused:
+        check(governed, raw, approvals(net, raw, current.chain_id, ["org2", "org3", "org4"]))
+    assert "the admin policy is not satisfied" in str(refused.value)
+    assert "'org1.admin'" in str(refused.value)
+
+
+def test_a_change_to_an_admin_policy_that_does_not_parse_is_refused(net, current):
+    raw = encode(next_config(current, admin_policy="AND('org1.boss')"))
+    with pytest.raises(TransactionRejectedError, match="admin policy does not parse"):
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+
+
+def test_the_admin_policy_changes_with_the_configuration(net, current):
+    strict = "OutOf(4, 'org1.admin', 'org2.admin', 'org3.admin', 'org4.admin')"
+    raw = encode(next_config(current, admin_policy=strict))
+    tightened = check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+    raw2 = encode(next_config(tightened))
+    with pytest.raises(TransactionRejectedError, match="needs 4 of 4"):
+        check(tightened, raw2, approvals(net, raw2, current.chain_id, ["org1", "org2", "org3"]))
+
+
+def test_a_network_can_start_with_an_admin_policy_and_refuses_one_that_does_not_parse(tmp_path):
+    policy = "OutOf(2, 'org1.admin', 'org2.admin', 'org3.admin')"
+    made = create_network(tmp_path / "a", orgs=4, progress=lambda _m: None, admin_policy=policy)
+    config = load_genesis(made.folder / "genesis.block").config
+    assert config is not None and config.admin_policy == policy
+    with pytest.raises(KyodoError, match="--admin-policy"):
+        create_network(
+            tmp_path / "b", orgs=4, progress=lambda _m: None, admin_policy="OutOf(2, 'x')"
+        )

@@ -139,6 +139,15 @@ def network_up(
             "traffic between nodes can be cut selectively (partition drills).",
         ),
     ] = False,
+    admin_policy: Annotated[
+        str,
+        typer.Option(
+            "--admin-policy",
+            help="Who approves configuration changes, in the policy language, e.g. "
+            "\"OutOf(3, 'org1.admin', 'org2.admin', 'org3.admin', 'org4.admin')\" "
+            "(default: the admins of a majority of the organizations).",
+        ),
+    ] = "",
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
 ) -> None:
@@ -154,6 +163,7 @@ def network_up(
                     validators_per_org=validators_per_org,
                     allow_fragile_topology=allow_fragile_topology,
                     distinct_hosts=distinct_hosts,
+                    admin_policy=admin_policy,
                     progress=lambda m: progress.update(task, description=m),
                 )
                 progress.update(task, description="keys, certificates and genesis ready")

@@ -51,6 +51,7 @@ from kyodo.ledger import (
     save_genesis,
 )
 from kyodo.node import NodeConfig
+from kyodo.policy import PolicySyntaxError, parse_policy
 from kyodo.wire import NodeStatus
 
 __all__ = ["LocalNetwork", "NodeEntry", "create_network"]
@@ -143,6 +144,7 @@ def create_network(
     validators_per_org: int = 1,
     allow_fragile_topology: bool = False,
     distinct_hosts: bool = False,
+    admin_policy: str = "",
 ) -> LocalNetwork:
     """Generate a network of ``orgs`` organizations with ``validators_per_org`` validator
     nodes each. A topology in which one organization holds more than f votes is refused
@@ -156,6 +158,11 @@ def create_network(
     if not 1 <= validators_per_org <= 8:
         raise KyodoError("--validators-per-org must be between 1 and 8", code="usage")
     _check_planned_topology(orgs, validators_per_org, allow_fragile_topology)
+    if admin_policy:
+        try:
+            parse_policy(admin_policy)
+        except PolicySyntaxError as exc:
+            raise KyodoError(f"--admin-policy: {exc}", code="usage") from None
     ports = iter(_allocate_ports(3 * orgs * validators_per_org))
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
@@ -228,6 +235,7 @@ def create_network(
         ),
         created_ms=int(now.timestamp() * 1000),
         allow_fragile_topology=allow_fragile_topology,
+        admin_policy=admin_policy,
     )
     check_topology(config, allow_fragile=allow_fragile_topology)
     progress("genesis block")
@@ -439,11 +447,14 @@ class LocalNetwork:
     def propose_config(
         self, new: NetworkConfig, *, current: NetworkConfig, via_org: str
     ) -> SubmitResult:
-        """Submit ``new`` with approvals by the admins of a majority of organizations
-        (their keys are in this folder: a local network); wait until it is ordered."""
+        """Submit ``new`` with approvals by organizations' admins (their keys are in this
+        folder: a local network): a majority under the default policy, every
+        organization under a policy of the configuration; wait until it is ordered."""
         raw = encode(new)
         message = approval_message(current.chain_id, raw)
-        approvers = sorted(o.org_id for o in current.orgs)[: required_approvals(current)]
+        approvers = sorted(o.org_id for o in current.orgs)
+        if not current.admin_policy:
+            approvers = approvers[: required_approvals(current)]
         approvals = []
         for org in approvers:
             admin = self.user(org, "admin")

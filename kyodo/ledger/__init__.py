@@ -4,6 +4,7 @@ from kyodo.ledger._chain_verify import verify_store
 from kyodo.ledger._config_update import (
     CONFIG_CONTRACT,
     CONFIG_FUNCTION,
+    admin_policy_of,
     approval_message,
     check_config_update,
     required_approvals,
@@ -117,6 +118,7 @@ __all__ = [
     "TxId",
     "TxResult",
     "TxStatus",
+    "admin_policy_of",
     "apply_updates",
     "approval_message",
     "check_config_update",

@@ -12,10 +12,10 @@ once. The block that carries it becomes a *configuration block*: that
 transaction alone, with ``block.config`` set. The new configuration is in force
 from the next height.
 
-Policy: admins of a majority of the organizations of the configuration in
-force (more than half), each approval by a valid ``admin`` certificate of its
-organization. The general policy language of issue 5 will replace this rule
-with policy data in the configuration.
+Policy: the configuration's ``admin_policy`` (the policy language of
+``kyodo.policy``), evaluated over the approving admins, each approval by a valid
+``admin`` certificate. When it is empty, the admins of a majority of the
+organizations in force must approve (more than half), as before it existed.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from kyodo.ledger._topology import FragileTopologyError, check_topology
 from kyodo.ledger._types import Block, NetworkConfig
 from kyodo.ledger._verify import CheckedTx
 from kyodo.ledger.errors import BlockVerificationError, LedgerError, TransactionRejectedError
+from kyodo.policy import Identity, OutOf, Policy, PolicyError, Principal, evaluate, parse_policy
 
 __all__ = [
     "CONFIG_CONTRACT",
     "CONFIG_FUNCTION",
+    "admin_policy_of",
     "approval_message",
     "check_config_update",
     "required_approvals",
@@ -51,8 +53,17 @@ def approval_message(chain_id: str, config_bytes: bytes) -> bytes:
 
 
 def required_approvals(current: NetworkConfig) -> int:
-    """Organizations whose admins must approve a change: a majority."""
+    """Organizations whose admins must approve a change under the default policy."""
     return len(current.orgs) // 2 + 1
+
+
+def admin_policy_of(config: NetworkConfig) -> Policy:
+    """The policy a change of ``config`` must satisfy (raises PolicyError if the
+    configuration's policy text does not parse)."""
+    if config.admin_policy:
+        return parse_policy(config.admin_policy)
+    admins = tuple(Principal(org=o.org_id, role="admin") for o in config.orgs)
+    return OutOf(k=required_approvals(config), items=admins)
 
 
 def check_config_update(
@@ -80,13 +91,23 @@ def check_config_update(
     if new.epoch != old.epoch + 1:
         raise _rejected(f"the configuration says epoch {new.epoch}; {old.epoch + 1} is next")
     try:
+        admin_policy_of(new)
+    except PolicyError as exc:
+        raise _rejected(f"the new admin policy does not parse: {exc}") from exc
+    try:
         ConfigView.of(new)
         check_topology(new, allow_fragile=new.allow_fragile_topology)
     except FragileTopologyError as exc:
         raise _rejected(str(exc)) from exc
     except LedgerError as exc:
         raise _rejected(str(exc)) from exc
-    approved = _approving_orgs(current, raw, approvals, now_ms)
+    signers = _approving_admins(current, raw, approvals, now_ms)
+    approved = {s.org for s in signers}
+    if old.admin_policy:
+        decision = evaluate(admin_policy_of(old), signers)
+        if not decision.allowed:
+            raise _rejected(f"the admin policy is not satisfied: {decision.reason}")
+        return new
     needed = required_approvals(old)
     if len(approved) < needed:
         missing = sorted({o.org_id for o in old.orgs} - approved)
@@ -98,10 +119,14 @@ def check_config_update(
     return new
 
 
-def _approving_orgs(current: ConfigView, raw: bytes, approvals: list[Any], now_ms: int) -> set[str]:
+def _approving_admins(
+    current: ConfigView, raw: bytes, approvals: list[Any], now_ms: int
+) -> list[Identity]:
     message = approval_message(current.config.chain_id, raw)
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    orgs: set[str] = set()
+    if len(approvals) > 64:
+        raise _rejected("at most 64 approvals")
+    signers: dict[bytes, Identity] = {}
     for approval in approvals:
         if (
             not isinstance(approval, list)
@@ -120,8 +145,8 @@ def _approving_orgs(current: ConfigView, raw: bytes, approvals: list[Any], now_m
             verify_signature(ED25519, member.public_key, message, signature)
         except CryptoError as exc:
             raise _rejected(f"the approval of {member.org}/{member.name} does not verify") from exc
-        orgs.add(member.org)
-    return orgs
+        signers[member.fingerprint] = Identity(org=member.org, role="admin", name=member.name)
+    return list(signers.values())  # one certificate counts once
 
 
 def _rejected(message: str) -> TransactionRejectedError:

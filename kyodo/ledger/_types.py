@@ -165,7 +165,7 @@ class ConsensusParams:
     """A transaction created longer ago than this (or this far in the future) is refused."""
 
 
-@record(33, version=3)  # 2: allow_fragile_topology; 3: epoch
+@record(33, version=4)  # 2: allow_fragile_topology; 3: epoch; 4: admin_policy
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
     """The network's configuration: carried by the genesis block (epoch 0) and by each
@@ -181,6 +181,9 @@ class NetworkConfig:
     (shown as a warning in every node's status and metrics)."""
     epoch: int = 0
     """Version of the configuration: 0 at genesis, +1 with every change."""
+    admin_policy: str = ""
+    """Who must approve a change of this configuration, in the policy language
+    (``kyodo.policy``); "" means the admins of a majority of the organizations."""
 
     def node(self, node_id: str) -> NodeInfo | None:
         """The node with this id, or None."""
