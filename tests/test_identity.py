@@ -725,3 +725,36 @@ def test_tls_certificates_work_for_mutual_tls_in_python_ssl(tmp_path: Path) -> N
     client.write(b"ping")
     s_in.write(c_out.read())
     assert server.read(4) == b"ping"
+
+
+# -- revocation -------------------------------------------------------------------------
+
+
+def test_a_certificate_on_its_orgs_revocation_list_is_refused_even_after_being_cached() -> None:
+    ca = _ca("org1")
+    pem = ca.issue_signing_cert(
+        name="bob", role=Role.CLIENT, public_key=_signing_key("bob").public_key(), now=NOW
+    )
+    serial = load_certificate(pem).serial_number
+    assert _membership().validate(pem, now=NOW).name == "bob"
+    crl = ca.revocation_list([serial], now=NOW)
+    revoking = Membership({"org1": ca.cert_pem, "org2": _ca("org2").cert_pem}, crls={"org1": crl})
+    with pytest.raises(identity.CertificateRevokedError) as refused:
+        revoking.validate(pem, now=NOW)
+    assert refused.value.serial == serial and refused.value.org == "org1"
+    with pytest.raises(identity.CertificateRevokedError):
+        revoking.validate(pem, now=NOW)  # the second time it comes from the cache
+    other = ca.issue_signing_cert(
+        name="carol", role=Role.CLIENT, public_key=_signing_key("carol").public_key(), now=NOW
+    )
+    assert revoking.validate(other, now=NOW).name == "carol"
+
+
+def test_a_revocation_list_not_signed_by_the_orgs_ca_is_refused() -> None:
+    forged = _ca("org2").revocation_list([1, 2, 3], now=NOW)
+    with pytest.raises(InvalidCACertificateError, match="revocation list of org1"):
+        Membership(
+            {"org1": _ca("org1").cert_pem, "org2": _ca("org2").cert_pem}, crls={"org1": forged}
+        )
+    with pytest.raises(InvalidCACertificateError, match="cannot be read"):
+        Membership({"org1": _ca("org1").cert_pem}, crls={"org1": b"not a crl"})

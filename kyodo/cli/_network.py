@@ -31,13 +31,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kyodo.client import Gateway, KyodoError, SubmitResult, UserCredentials, load_user
 from kyodo.codec import decode_record, encode
 from kyodo.crypto import load_private_key, save_private_key, sha256
-from kyodo.identity import CertificateAuthority, Role
+from kyodo.identity import CertificateAuthority, Role, load_certificate
 from kyodo.ledger import (
     ConsensusParams,
     FragileTopologyError,
@@ -601,6 +602,61 @@ class LocalNetwork:
         self.propose_config(new, current=current, via_org=via)
         return new
 
+    # -- identities (an organization's CA) -------------------------------------------
+
+    def issue_member(self, org: str, name: str, role: Role) -> Path:
+        """Issue ``name`` of ``org`` signing and TLS certificates with ``role`` (the CA key
+        is in this folder: a local network); their folder."""
+        check_member_name(name)
+        folder = self.folder / "orgs" / org / "users" / name
+        if folder.exists():
+            raise KyodoError(f"{org} already has a member {name!r}", code="exists")
+        loaded = _load_org(self.folder, org)
+        _issue_member(
+            loaded.ca,
+            folder,
+            name=name,
+            role=role,
+            passphrase=loaded.passphrase,
+            salt=loaded.salt,
+            now=datetime.now(UTC),
+        )
+        return folder
+
+    def member_serials(self, org: str, name: str) -> list[int]:
+        """Serial numbers of ``name``'s certificates (signing and TLS)."""
+        folder = self.folder / "orgs" / org / "users" / name
+        if not folder.exists():
+            raise KyodoError(f"{org} has no member {name!r}", code="not_found")
+        return [
+            load_certificate((folder / f"{kind}.pem").read_bytes()).serial_number
+            for kind in ("signing", "tls")
+        ]
+
+    def revoke_member(self, org: str, name: str, progress: Progress) -> NetworkConfig:
+        """Revoke ``name``'s certificates: a new CRL of ``org`` in a configuration change
+        (approved under the admin policy); every node refuses them from then on."""
+        serials = self.member_serials(org, name)
+        via = next((o for o in self.orgs if o != org), org)
+        current = self.current_config(via)
+        info = next((o for o in current.orgs if o.org_id == org), None)
+        if info is None:
+            raise KyodoError(f"{org} is not in the configuration", code="not_found")
+        revoked = set(revoked_serials(info))
+        if set(serials) <= revoked:
+            raise KyodoError(f"{org}/{name} is already revoked", code="exists")
+        loaded = _load_org(self.folder, org)
+        crl = loaded.ca.revocation_list(revoked | set(serials), now=datetime.now(UTC))
+        new = replace(
+            current,
+            epoch=current.epoch + 1,
+            created_ms=int(datetime.now(UTC).timestamp() * 1000),
+            orgs=tuple(replace(o, crl_der=crl) if o.org_id == org else o for o in current.orgs),
+        )
+        progress(f"configuration epoch {new.epoch}: {org}'s revocation list, approvals")
+        self.propose_config(new, current=current, via_org=via)
+        return new
+
     def _record(self, entry: NodeEntry, joining: bool) -> None:
         path = self.folder / "network.json"
         doc = json.loads(path.read_text())
@@ -657,6 +713,21 @@ class LocalNetwork:
         a node that does not answer raises ``KyodoError`` at once)."""
         with self.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=timeout_s) as gw:
             return gw.status()
+
+
+def revoked_serials(info: OrgInfo) -> frozenset[int]:
+    """The serials an organization's configured CRL revokes (empty without one)."""
+    if not info.crl_der:
+        return frozenset()
+    return frozenset(e.serial_number for e in x509.load_der_x509_crl(info.crl_der))
+
+
+def check_member_name(name: str) -> None:
+    """Refuse names a CN and a folder cannot both carry."""
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise KyodoError(f"member name {name!r}: 1-64 of letters, digits, - _ .", code="usage")
+    if name.startswith("."):
+        raise KyodoError(f"member name {name!r} may not start with '.'", code="usage")
 
 
 def hash_seed_of(node_id: str) -> int:

@@ -19,7 +19,7 @@ class TransactionRejected(KyodoError):
     """The transaction was refused before ordering (``code`` is ``rejected.<reason>``).
 
     Attributes:
-        reason: ``duplicate``, ``bad_signature``, ``unknown_identity``, ``expired``,
+        reason: ``duplicate``, ``bad_signature``, ``unknown_identity``, ``revoked``, ``expired``,
             ``malformed``, ``too_large``, ``wrong_chain`` or ``busy``.
     """
 

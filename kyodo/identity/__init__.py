@@ -17,6 +17,7 @@ from kyodo.identity._membership import Membership
 from kyodo.identity._model import Member, Role
 from kyodo.identity.errors import (
     CertificateExpiredError,
+    CertificateRevokedError,
     IdentityError,
     InvalidCACertificateError,
     InvalidNameError,
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_CERTIFICATE_BYTES",
     "CertificateAuthority",
     "CertificateExpiredError",
+    "CertificateRevokedError",
     "IdentityError",
     "InvalidCACertificateError",
     "InvalidNameError",

@@ -21,7 +21,7 @@ reproducible in tests except for key material and serial numbers.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -330,6 +330,32 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(aki, critical=False)
         )
+
+    def revocation_list(
+        self, serials: Iterable[int], *, now: datetime, validity_days: int = 365
+    ) -> bytes:
+        """A CRL (DER) of this CA revoking ``serials``, valid from ``now``.
+
+        The network configuration carries it (``OrgInfo.crl_der``), so every node
+        refuses the revoked certificates from the height the change is in force.
+        """
+        _check_validity_days(validity_days)
+        start = require_aware(now).replace(microsecond=0)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(start)
+            .next_update(start + timedelta(days=validity_days))
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(start)
+                .build()
+            )
+        crl = builder.sign(self.key, hashes.SHA256())
+        return crl.public_bytes(Encoding.DER)
 
     def _sign(self, builder: x509.CertificateBuilder) -> bytes:
         cert = builder.sign(self.key, hashes.SHA256())

@@ -23,7 +23,9 @@ that hits the cache is not parsed again (PEM is only base64-decoded). Check 6 de
 redone on every call. Failures are not cached.
 
 A certificate is validated against its issuing CA only (no intermediates
-yet), and revocation is not checked here.
+yet). Revocation: an organization's CRL (signed by its CA, carried in the
+network configuration) lists revoked serial numbers; a revoked certificate is
+refused with CertificateRevokedError, also when it hits the cache.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from kyodo.identity._certs import (
 from kyodo.identity._model import Member, Role
 from kyodo.identity.errors import (
     CertificateExpiredError,
+    CertificateRevokedError,
     InvalidCACertificateError,
     MalformedCertificateError,
     OrganizationMismatchError,
@@ -87,6 +90,7 @@ class _Validated:
     member: Member
     not_before: datetime
     ca: _OrgCA
+    serial: int
 
 
 def _describe_name(name: x509.Name) -> str:
@@ -129,6 +133,24 @@ def _load_ca(org: str, cert_pem: bytes) -> _OrgCA:
     return _OrgCA(org=org, cert=cert, not_before=not_before, not_after=not_after)
 
 
+def _load_crl(ca: _OrgCA, crl_der: bytes) -> frozenset[int]:
+    """The serials an organization's CRL revokes; InvalidCACertificateError if the CRL is
+    unreadable or not signed by that organization's CA."""
+    try:
+        crl = x509.load_der_x509_crl(crl_der)
+        signed = crl.issuer == ca.cert.subject and crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+        serials = frozenset(entry.serial_number for entry in crl)
+    except CRYPTOGRAPHY_ERRORS as exc:
+        raise InvalidCACertificateError(
+            f"the revocation list of {ca.org} cannot be read: {exc}", org=ca.org
+        ) from exc
+    if not signed:
+        raise InvalidCACertificateError(
+            f"the revocation list of {ca.org} is not signed by its CA", org=ca.org
+        )
+    return serials
+
+
 def _check_period(what: str, *, not_before: datetime, not_after: datetime, now: datetime) -> None:
     if now < not_before:
         raise CertificateExpiredError(
@@ -164,10 +186,14 @@ class Membership:
         ValueError: ``cache_size`` is negative.
     """
 
-    __slots__ = ("_by_issuer", "_cache", "_cache_size", "_lock", "_orgs")
+    __slots__ = ("_by_issuer", "_cache", "_cache_size", "_lock", "_orgs", "_revoked")
 
     def __init__(
-        self, ca_certs_pem: Mapping[str, bytes], *, cache_size: int = DEFAULT_CACHE_SIZE
+        self,
+        ca_certs_pem: Mapping[str, bytes],
+        *,
+        crls: Mapping[str, bytes] | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, not {cache_size}")
@@ -184,6 +210,10 @@ class Membership:
             by_issuer[ca.cert.subject] = ca
         self._by_issuer = by_issuer
         self._orgs = tuple(sorted(ca.org for ca in by_issuer.values()))
+        by_org = {ca.org: ca for ca in by_issuer.values()}
+        self._revoked: dict[str, frozenset[int]] = {
+            org: _load_crl(by_org[org], crl) for org, crl in (crls or {}).items() if crl
+        }
         self._cache: OrderedDict[bytes, _Validated] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -226,6 +256,13 @@ class Membership:
             self._cache_put(fp, validated)
         member = validated.member
         ca = validated.ca
+        if validated.serial in self._revoked.get(ca.org, frozenset()):
+            raise CertificateRevokedError(
+                f"the certificate of {member.role} {member.name!r} of {member.org} "
+                f"(serial {validated.serial:x}) is revoked by {ca.org}",
+                org=ca.org,
+                serial=validated.serial,
+            )
         _check_period(
             f"the CA certificate of {ca.org}",
             not_before=ca.not_before,
@@ -282,7 +319,7 @@ class Membership:
             public_key=public_key.public_bytes_raw(),
             not_after=not_after,
         )
-        return _Validated(member=member, not_before=not_before, ca=ca)
+        return _Validated(member=member, not_before=not_before, ca=ca, serial=cert.serial_number)
 
     def _find_issuer(self, cert: x509.Certificate) -> _OrgCA:
         """Return the configured CA that issued ``cert``: by issuer name, proven by signature."""

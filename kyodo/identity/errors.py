@@ -70,6 +70,20 @@ class UnknownCAError(IdentityError):
         self.issuer = issuer
 
 
+class CertificateRevokedError(IdentityError):
+    """The certificate's serial number is on its organization's revocation list.
+
+    Attributes:
+        org: the organization whose CA revoked it.
+        serial: the certificate's serial number.
+    """
+
+    def __init__(self, message: str, *, org: str, serial: int) -> None:
+        super().__init__(message)
+        self.org = org
+        self.serial = serial
+
+
 class CertificateExpiredError(IdentityError):
     """The certificate (or its issuing CA's certificate) is not valid at the given time.
 

@@ -37,7 +37,10 @@ class ConfigView:
     @classmethod
     def of(cls, config: NetworkConfig) -> ConfigView:
         """Build the view; raise LedgerError if a node certificate does not verify."""
-        membership = Membership({o.org_id: o.ca_cert_pem for o in config.orgs})
+        membership = Membership(
+            {o.org_id: o.ca_cert_pem for o in config.orgs},
+            crls={o.org_id: o.crl_der for o in config.orgs if o.crl_der},
+        )
         created = datetime.fromtimestamp(config.created_ms / 1000, UTC)
         try:
             keys = {

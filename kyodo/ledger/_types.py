@@ -122,7 +122,7 @@ class Block:
         return self.header.block_hash()
 
 
-@record(30)
+@record(30, version=2)  # 2: crl_der
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrgInfo:
     """A member organization."""
@@ -130,6 +130,9 @@ class OrgInfo:
     org_id: str
     ca_cert_pem: bytes
     """The organization's root CA certificate (PEM)."""
+    crl_der: bytes = b""
+    """The organization's certificate revocation list (DER, signed by its CA); empty:
+    nothing revoked."""
 
 
 @record(31)

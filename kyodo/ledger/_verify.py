@@ -24,7 +24,7 @@ from kyodo.crypto import (
     sha256,
     verify_signature,
 )
-from kyodo.identity import IdentityError, Member, Membership
+from kyodo.identity import CertificateRevokedError, IdentityError, Member, Membership
 from kyodo.ledger._state_tree import NodeReader, TreeUpdate, apply_updates
 from kyodo.ledger._store import encode_state_record
 from kyodo.ledger._types import (
@@ -121,6 +121,8 @@ def recheck_envelope(
 def _check_creator(tx: Transaction, *, membership: Membership, now_ms: int) -> Member:
     try:
         return membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+    except CertificateRevokedError as exc:
+        raise TransactionRejectedError(f"creator not accepted: {exc}", reason="revoked") from exc
     except IdentityError as exc:
         raise TransactionRejectedError(
             f"creator not accepted: {exc}", reason="unknown_identity"
