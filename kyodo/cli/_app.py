@@ -18,7 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kyodo.cli._bench import run_bench
-from kyodo.cli._network import LocalNetwork, NodeEntry, create_network
+from kyodo.cli._network import HsmSettings, LocalNetwork, NodeEntry, create_network
 from kyodo.client import ContractFailed, KyodoError, NotFinal
 from kyodo.codec import decode_record
 from kyodo.identity import load_certificate
@@ -148,10 +148,30 @@ def network_up(
             "(default: the admins of a majority of the organizations).",
         ),
     ] = "",
+    hsm_module: Annotated[
+        str,
+        typer.Option(
+            "--hsm-module",
+            help="PKCS#11 library: generate every node's signing key inside this token "
+            "(e.g. /usr/lib/softhsm/libsofthsm2.so).",
+        ),
+    ] = "",
+    hsm_token: Annotated[str, typer.Option("--hsm-token", help="The token's label.")] = "",
+    hsm_pin_source: Annotated[
+        str,
+        typer.Option(
+            "--hsm-pin-source", help="Where the token's user PIN comes from: env:VAR, file:PATH."
+        ),
+    ] = "",
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
 ) -> None:
     """Generate (if needed) and start a local network; wait until every node is ready."""
+    hsm = None
+    if hsm_module or hsm_token or hsm_pin_source:
+        if not (hsm_module and hsm_token and hsm_pin_source):
+            _fail("--hsm-module, --hsm-token and --hsm-pin-source go together")
+        hsm = HsmSettings(module=hsm_module, token=hsm_token, pin_source=hsm_pin_source)
     started = time.monotonic()
     try:
         with _progress() as progress:
@@ -164,6 +184,7 @@ def network_up(
                     allow_fragile_topology=allow_fragile_topology,
                     distinct_hosts=distinct_hosts,
                     admin_policy=admin_policy,
+                    hsm=hsm,
                     progress=lambda m: progress.update(task, description=m),
                 )
                 progress.update(task, description="keys, certificates and genesis ready")

@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kyodo.client import Gateway, KyodoError, SubmitResult, UserCredentials, load_user
 from kyodo.codec import decode_record, encode
-from kyodo.crypto import load_private_key, save_private_key, sha256
+from kyodo.crypto import (
+    Pkcs11KeyRef,
+    generate_pkcs11_key,
+    load_private_key,
+    save_private_key,
+    sha256,
+)
 from kyodo.identity import CertificateAuthority, Role, load_certificate
 from kyodo.ledger import (
     ConsensusParams,
@@ -116,19 +122,26 @@ def _issue_member(
     salt: bytes,
     now: datetime,
     hosts: tuple[str, ...] = (),
+    hsm_key: Pkcs11KeyRef | None = None,
 ) -> tuple[bytes, bytes]:
     """Keys and certificates of one member in ``folder``; returns (signing PEM, TLS PEM).
-    The TLS certificate names localhost, 127.0.0.1 and ``hosts``."""
-    signing = ed25519.Ed25519PrivateKey.generate()
+    The TLS certificate names localhost, 127.0.0.1 and ``hosts``. With ``hsm_key`` the
+    signing key is generated inside that PKCS#11 token (non-extractable) instead of in
+    a key file."""
+    signing = None if hsm_key is not None else ed25519.Ed25519PrivateKey.generate()
     tls = ec.generate_private_key(ec.SECP256R1())
-    signing_pem = ca.issue_signing_cert(
-        name=name, role=role, public_key=signing.public_key(), now=now
+    signing_public = (
+        ed25519.Ed25519PublicKey.from_public_bytes(generate_pkcs11_key(hsm_key))
+        if hsm_key is not None
+        else signing.public_key()  # type: ignore[union-attr]
     )
+    signing_pem = ca.issue_signing_cert(name=name, role=role, public_key=signing_public, now=now)
     tls_pem = ca.issue_tls_cert(
         name=name, role=role, public_key=tls.public_key(), now=now, hosts=hosts
     )
     folder.mkdir(parents=True, exist_ok=True)
-    save_private_key(folder / "signing.key", signing, passphrase, salt=salt)
+    if signing is not None:
+        save_private_key(folder / "signing.key", signing, passphrase, salt=salt)
     save_private_key(folder / "tls.key", tls, passphrase, salt=salt)
     (folder / "signing.pem").write_bytes(signing_pem)
     (folder / "tls.pem").write_bytes(tls_pem)
@@ -146,6 +159,7 @@ def create_network(
     allow_fragile_topology: bool = False,
     distinct_hosts: bool = False,
     admin_policy: str = "",
+    hsm: HsmSettings | None = None,
 ) -> LocalNetwork:
     """Generate a network of ``orgs`` organizations with ``validators_per_org`` validator
     nodes each. A topology in which one organization holds more than f votes is refused
@@ -181,6 +195,7 @@ def create_network(
             node_id = f"{org_id}-node{j}"
             host = f"127.0.0.{10 + len(nodes) + 1}" if distinct_hosts else "127.0.0.1"
             home = folder / "nodes" / node_id
+            hsm_key = None if hsm is None else hsm.key(node_id)
             signing_pem, tls_pem = _issue_member(
                 ca,
                 home,
@@ -190,6 +205,7 @@ def create_network(
                 salt=salt,
                 now=now,
                 hosts=(host,) if distinct_hosts else (),
+                hsm_key=hsm_key,
             )
             p2p, gateway, metrics = next(ports), next(ports), next(ports)
             NodeConfig(
@@ -201,6 +217,7 @@ def create_network(
                 metrics_port=metrics,
                 genesis="../../genesis.block",
                 passphrase=f"file:../../orgs/{org_id}/passphrase",
+                signing_key="signing.key" if hsm_key is None else hsm_key.uri(),
             ).save(home)
             nodes.append(
                 NodeInfo(
@@ -713,6 +730,22 @@ class LocalNetwork:
         a node that does not answer raises ``KyodoError`` at once)."""
         with self.gateway(node.org_id, "admin", node=node, retries=0, timeout_s=timeout_s) as gw:
             return gw.status()
+
+
+@dataclass(frozen=True, slots=True)
+class HsmSettings:
+    """Where nodes' signing keys are generated: a PKCS#11 module and token, and the
+    source of its user PIN (``env:VAR``, ``file:PATH``; never the PIN itself)."""
+
+    module: str
+    token: str
+    pin_source: str
+
+    def key(self, label: str) -> Pkcs11KeyRef:
+        """The reference of the key labelled ``label`` in this token."""
+        return Pkcs11KeyRef(
+            module=self.module, token=self.token, label=label, pin_source=self.pin_source
+        )
 
 
 def revoked_serials(info: OrgInfo) -> frozenset[int]:

@@ -25,6 +25,7 @@ from kyodo.crypto._merkle import (
     verify_inclusion,
     verify_inclusion_hash,
 )
+from kyodo.crypto._pkcs11 import Pkcs11KeyRef, Pkcs11Signer, generate_pkcs11_key, is_pkcs11_uri
 from kyodo.crypto.errors import (
     CryptoError,
     InvalidSignatureError,
@@ -45,13 +46,17 @@ __all__ = [
     "InvalidSignatureError",
     "KeyFileError",
     "MerkleProofError",
+    "Pkcs11KeyRef",
+    "Pkcs11Signer",
     "PrivateKey",
     "Signer",
     "UnsupportedKeyError",
     "compute_consistency_proof",
     "compute_inclusion_proof",
+    "generate_pkcs11_key",
     "hash_children",
     "hash_leaf",
+    "is_pkcs11_uri",
     "load_private_key",
     "merkle_root",
     "merkle_root_of_hashes",

@@ -63,6 +63,9 @@ from kyodo.crypto import (
     ZERO_HASH,
     CryptoError,
     Ed25519Signer,
+    Pkcs11Signer,
+    Signer,
+    is_pkcs11_uri,
     load_private_key,
     read_passphrase,
     sha256,
@@ -136,11 +139,15 @@ class Node:
         self.home = home
         self.cfg = NodeConfig.load(home)
         passphrase = read_passphrase(_relative_source(self.cfg.passphrase, home))
-        signing_key = load_private_key(self.cfg.resolve(home, self.cfg.signing_key), passphrase)
         tls_key = load_private_key(self.cfg.resolve(home, self.cfg.tls_key), passphrase)
-        assert isinstance(signing_key, ed25519.Ed25519PrivateKey)
         assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
-        self._signer = Ed25519Signer(signing_key)
+        self._signer: Signer
+        if is_pkcs11_uri(self.cfg.signing_key):  # the key stays in the HSM
+            self._signer = Pkcs11Signer.open(self.cfg.signing_key)
+        else:
+            signing_key = load_private_key(self.cfg.resolve(home, self.cfg.signing_key), passphrase)
+            assert isinstance(signing_key, ed25519.Ed25519PrivateKey)
+            self._signer = Ed25519Signer(signing_key)
         self._tls_key = tls_key
         self._tls_cert_pem = self.cfg.resolve(home, self.cfg.tls_cert).read_bytes()
         self.genesis = load_genesis(self.cfg.resolve(home, self.cfg.genesis))

@@ -1,0 +1,54 @@
+"""A network whose validators sign with keys that live in a PKCS#11 token (SoftHSM2)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kyodo.cli._network import HsmSettings, LocalNetwork
+from tests.hsm import MODULE, PIN_VAR, TOKEN, init_token, softhsm_available
+from tests.integration.conftest import start_network, stop_network, wait_converged
+from tests.integration.test_network import kyodo
+
+pytestmark = pytest.mark.skipif(not softhsm_available(), reason="SoftHSM2 is not installed")
+
+
+@pytest.fixture(scope="module")
+def hsm_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    base = tmp_path_factory.mktemp("hsmnet")
+    init_token(base / "hsm")
+    net = start_network(
+        base / "kyodo-network",
+        hsm=HsmSettings(module=MODULE, token=TOKEN, pin_source=f"env:{PIN_VAR}"),
+    )
+    yield net
+    stop_network(net)
+
+
+def test_validators_sign_blocks_with_keys_that_never_left_the_token(hsm_network):
+    for node in hsm_network.nodes:
+        config = json.loads((node.home / "node.json").read_text())
+        assert config["signing_key"].startswith("pkcs11:token=")
+        assert "pin-source=env:" in config["signing_key"]  # the PIN is never in the file
+        assert not (node.home / "signing.key").exists()
+    with hsm_network.gateway("org1") as gw:
+        for i in range(5):
+            gw.contract("asset_transfer").submit("create_account", f"hsm-{i}")
+    status = wait_converged(hsm_network)
+    assert status.height >= 5
+    verified = kyodo("verify", hsm_network.nodes[2].node_id, folder=hsm_network.folder)
+    assert verified.returncode == 0, verified.stderr  # every certificate checks out offline
+
+
+def test_the_token_refuses_a_node_whose_pin_source_is_missing(hsm_network, monkeypatch):
+    from kyodo.crypto import KeyFileError, Pkcs11Signer
+
+    node = hsm_network.nodes[0]
+    uri = json.loads((node.home / "node.json").read_text())["signing_key"]
+    monkeypatch.delenv(PIN_VAR)
+    with pytest.raises(KeyFileError, match="not set"):
+        Pkcs11Signer.open(uri)
+    assert Path(MODULE).exists()
