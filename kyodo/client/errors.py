@@ -19,7 +19,8 @@ class TransactionRejected(KyodoError):
     """The transaction was refused before ordering (``code`` is ``rejected.<reason>``).
 
     Attributes:
-        reason: ``duplicate``, ``bad_signature``, ``unknown_identity``, ``revoked``, ``expired``,
+        reason: ``duplicate``, ``bad_signature``, ``unknown_ca``, ``certificate_expired``,
+            ``wrong_role``, ``revoked``, ``unknown_identity``, ``expired``,
             ``malformed``, ``too_large``, ``wrong_chain`` or ``busy``.
     """
 

@@ -302,6 +302,10 @@ def _rejected(exc: TransactionRejectedError) -> GatewayError:
     status = {
         "duplicate": grpc.StatusCode.ALREADY_EXISTS,
         "unknown_identity": grpc.StatusCode.PERMISSION_DENIED,
+        "unknown_ca": grpc.StatusCode.PERMISSION_DENIED,
+        "certificate_expired": grpc.StatusCode.PERMISSION_DENIED,
+        "wrong_role": grpc.StatusCode.PERMISSION_DENIED,
+        "revoked": grpc.StatusCode.PERMISSION_DENIED,
         "bad_signature": grpc.StatusCode.PERMISSION_DENIED,
         "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
     }.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)

@@ -24,7 +24,16 @@ from kyodo.crypto import (
     sha256,
     verify_signature,
 )
-from kyodo.identity import CertificateRevokedError, IdentityError, Member, Membership
+from kyodo.identity import (
+    CertificateExpiredError,
+    CertificateRevokedError,
+    IdentityError,
+    Member,
+    Membership,
+    Role,
+    UnknownCAError,
+    UnknownRoleError,
+)
 from kyodo.ledger._state_tree import NodeReader, TreeUpdate, apply_updates
 from kyodo.ledger._store import encode_state_record
 from kyodo.ledger._types import (
@@ -118,15 +127,30 @@ def recheck_envelope(
     return CheckedTx(tx_id=checked.tx_id, envelope=checked.envelope, tx=checked.tx, creator=creator)
 
 
+_CREATOR_REASONS: tuple[tuple[type[IdentityError], str], ...] = (
+    (CertificateRevokedError, "revoked"),
+    (UnknownCAError, "unknown_ca"),
+    (CertificateExpiredError, "certificate_expired"),
+    (UnknownRoleError, "wrong_role"),
+)
+"""Which refusal a client sees for each kind of unacceptable creator certificate."""
+
+
 def _check_creator(tx: Transaction, *, membership: Membership, now_ms: int) -> Member:
     try:
-        return membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
-    except CertificateRevokedError as exc:
-        raise TransactionRejectedError(f"creator not accepted: {exc}", reason="revoked") from exc
+        member = membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
     except IdentityError as exc:
+        reason = next(
+            (r for kind, r in _CREATOR_REASONS if isinstance(exc, kind)), "unknown_identity"
+        )
+        raise TransactionRejectedError(f"creator not accepted: {exc}", reason=reason) from exc
+    if member.role == Role.NODE:
         raise TransactionRejectedError(
-            f"creator not accepted: {exc}", reason="unknown_identity"
-        ) from exc
+            f"creator not accepted: {member.org}/{member.name} is a node; nodes sign blocks "
+            "and votes, transactions are signed by members (client, admin, auditor)",
+            reason="wrong_role",
+        )
+    return member
 
 
 def _check_age(tx: Transaction, *, now_ms: int, max_age_ms: int) -> None:

@@ -301,7 +301,7 @@ def test_transaction_signed_by_an_unknown_ca_is_rejected(network):
         gw.identity = type(gw.identity)(certificate=forged_cert, chain_id=network.chain_id)
         with pytest.raises(TransactionRejected) as refused:
             gw.contract("asset_transfer").submit("issue", "load-0-a", 1_000_000)
-    assert refused.value.reason == "unknown_identity"
+    assert refused.value.reason == "unknown_ca"
 
 
 def test_client_of_another_organization_is_refused_by_the_gateway(network):
