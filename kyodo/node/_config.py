@@ -39,6 +39,8 @@ class NodeConfig:
     org_ca: str = ""
     """CA certificate of this node's organization, for a node whose organization joins
     by a configuration change (before that change it is not in the genesis)."""
+    cert_expiry_warning_days: int = 30
+    """A certificate of this node expiring sooner shows as a warning in its status."""
     max_frame_bytes: int = 32 * 1024 * 1024
     tick_ms: int = 10
     submit_wait_max_ms: int = 60_000

@@ -25,6 +25,12 @@ class NodeMetrics:
             "1 if one organization holds more than f validator votes (accepted at genesis)",
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "kyodo_certificate_expiry_timestamp_seconds",
+            "When this node's certificate stops being valid (Unix time)",
+            ["cert"],
+            registry=r,
+        )
         self.txs_committed = Counter("kyodo_txs_committed", "Transactions appended", registry=r)
         self.txs_rejected = Counter(
             "kyodo_txs_rejected", "Transactions refused at the gateway", ["reason"], registry=r

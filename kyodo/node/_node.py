@@ -22,6 +22,7 @@ import signal
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,6 +161,15 @@ class Node:
         self._adopt_config(self.genesis.config, check_key=False)  # the store may know newer
         self.executor = Executor(BUILTIN_CONTRACTS)
         self.metrics = NodeMetrics()
+        self._cert_expiry = {
+            "tls": load_certificate(self._tls_cert_pem).not_valid_after_utc,
+            "signing": load_certificate(
+                self.cfg.resolve(home, self.cfg.signing_cert).read_bytes()
+            ).not_valid_after_utc,
+        }
+        """When this node's certificates expire (shown in status and metrics)."""
+        for kind, expires in self._cert_expiry.items():
+            self.metrics.certificate_expiry.labels(cert=kind).set(expires.timestamp())
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
         self._tip_header: BlockHeader
@@ -1067,6 +1077,13 @@ class Node:
         healthy = self._ready and not problems
         if self.topology.fragile:  # accepted at genesis, but never silently
             problems.append(f"WARNING fragile topology: {self._topology_warning}")
+        now = datetime.now(UTC)
+        for kind, expires in sorted(self._cert_expiry.items()):
+            days = (expires - now).days
+            if days < self.cfg.cert_expiry_warning_days:
+                problems.append(
+                    f"WARNING {kind} certificate expires in {days} days ({expires.date()})"
+                )
         detail = "; ".join(problems) if problems else "ok"
         return NodeStatus(
             node_id=self.cfg.node_id,

@@ -49,3 +49,32 @@ def test_issuing_refuses_bad_names_and_duplicates(network):
     assert bad.returncode == 1 and "member name" in bad.stderr
     dup = kyodo("ca", "issue", "user1", "--org", "org1", folder=network.folder)
     assert dup.returncode == 1 and "already has a member" in dup.stderr
+
+
+def test_a_certificate_near_expiry_shows_in_status_and_metrics(network):
+    import urllib.request
+
+    from kyodo.cli._network import replace_config
+    from kyodo.node import NodeConfig
+    from tests.integration.conftest import node_status, wait_until
+
+    node = network.nodes[3]
+    replace_config(NodeConfig.load(node.home), node.home, cert_expiry_warning_days=400)
+    network.stop(node)
+    network.start(node)
+    status = wait_until(
+        lambda: (s := node_status(network, node)) is not None and s.healthy and s,
+        timeout_s=60,
+        what="the restarted node healthy",
+    )
+    assert "WARNING signing certificate expires in" in status.detail
+    assert "WARNING tls certificate expires in" in status.detail
+    config = NodeConfig.load(node.home)
+    metrics = (
+        urllib.request.urlopen(
+            f"http://{config.listen_host}:{config.metrics_port}/metrics", timeout=10
+        )
+        .read()
+        .decode()
+    )
+    assert 'kyodo_certificate_expiry_timestamp_seconds{cert="signing"}' in metrics
