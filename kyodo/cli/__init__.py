@@ -3,8 +3,10 @@
 from kyodo.cli._app import app, main
 from kyodo.cli._ca import ca_app
 from kyodo.cli._contract import contract_app
+from kyodo.cli._recovery_cli import recovery_app
 
 app.add_typer(contract_app, name="contract")
 app.add_typer(ca_app, name="ca")
+app.add_typer(recovery_app, name="recovery")
 
 __all__ = ["app", "main"]

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 
 from kyodo.client import Gateway, KyodoError, SubmitResult, UserCredentials, load_user
 from kyodo.codec import decode_record, encode
@@ -650,10 +652,13 @@ class LocalNetwork:
             for kind in ("signing", "tls")
         ]
 
-    def revoke_member(self, org: str, name: str, progress: Progress) -> NetworkConfig:
-        """Revoke ``name``'s certificates: a new CRL of ``org`` in a configuration change
-        (approved under the admin policy); every node refuses them from then on."""
-        serials = self.member_serials(org, name)
+    def revoke_member(
+        self, org: str, name: str, progress: Progress, serials: list[int] | None = None
+    ) -> NetworkConfig:
+        """Revoke ``name``'s certificates (or just ``serials``): a new CRL of ``org`` in a
+        configuration change (approved under the admin policy); every node refuses them
+        from then on."""
+        serials = self.member_serials(org, name) if serials is None else serials
         via = next((o for o in self.orgs if o != org), org)
         current = self.current_config(via)
         info = next((o for o in current.orgs if o.org_id == org), None)
@@ -673,6 +678,83 @@ class LocalNetwork:
         progress(f"configuration epoch {new.epoch}: {org}'s revocation list, approvals")
         self.propose_config(new, current=current, via_org=via)
         return new
+
+    # -- key-loss recovery ------------------------------------------------------------
+
+    def recovery_request(self, org: str, name: str, *, by: str, reason: str) -> dict[str, Any]:
+        """File a recovery request for ``name`` of ``org`` as officer ``by``. The member's
+        new keys are generated now (in ``users/<name>/recovery/``, encrypted); the
+        request binds the new signing key's public half."""
+        user_dir = self.folder / "orgs" / org / "users" / name
+        if not (user_dir / "signing.pem").exists():
+            raise KyodoError(f"{org} has no member {name!r}", code="not_found")
+        loaded = _load_org(self.folder, org)
+        pending = user_dir / "recovery"
+        pending.mkdir(exist_ok=True)
+        signing = ed25519.Ed25519PrivateKey.generate()
+        save_private_key(pending / "signing.key", signing, loaded.passphrase, salt=loaded.salt)
+        save_private_key(
+            pending / "tls.key",
+            ec.generate_private_key(ec.SECP256R1()),
+            loaded.passphrase,
+            salt=loaded.salt,
+        )
+        public = signing.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        with self.gateway(org, by) as gw:
+            done = gw.contract("_recovery").submit_transaction("request", name, public, reason)
+        (pending / "request").write_text(done.tx_id)
+        return dict(done.result)
+
+    def recovery_complete(
+        self, org: str, request_id: str, *, by: str, progress: Progress
+    ) -> dict[str, Any]:
+        """Complete an approved-enough request: the ledger checks the officers and the
+        waiting period; then the CA issues certificates for the new keys under the same
+        name, the old ones are revoked by a configuration change, and the member's
+        folder holds the new credentials (the old ones move to ``lost-<time>/``)."""
+        with self.gateway(org, by) as gw:
+            record = dict(gw.contract("_recovery").submit("complete", request_id))
+        name = record["name"]
+        user_dir = self.folder / "orgs" / org / "users" / name
+        pending = user_dir / "recovery"
+        loaded = _load_org(self.folder, org)
+        signing = load_private_key(pending / "signing.key", loaded.passphrase)
+        tls = load_private_key(pending / "tls.key", loaded.passphrase)
+        assert isinstance(signing, ed25519.Ed25519PrivateKey)
+        assert isinstance(tls, ec.EllipticCurvePrivateKey)
+        new_public = signing.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        if new_public.hex() != record["new_key"]:
+            raise KyodoError("the prepared key is not the one the request names", code="state")
+        old_cert = load_certificate((user_dir / "signing.pem").read_bytes())
+        role = Role(
+            str(old_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value)
+        )
+        old_serials = self.member_serials(org, name)
+        now = datetime.now(UTC)
+        progress(f"{org}: certificates for {name}'s new keys")
+        signing_pem = loaded.ca.issue_signing_cert(
+            name=name, role=role, public_key=signing.public_key(), now=now
+        )
+        tls_pem = loaded.ca.issue_tls_cert(
+            name=name, role=role, public_key=tls.public_key(), now=now
+        )
+        lost = user_dir / f"lost-{int(now.timestamp())}"
+        lost.mkdir()
+        for kind in ("signing", "tls"):
+            for suffix in ("pem", "key"):
+                old = user_dir / f"{kind}.{suffix}"
+                if old.exists():
+                    old.rename(lost / old.name)
+            (pending / f"{kind}.key").rename(user_dir / f"{kind}.key")
+        (user_dir / "signing.pem").write_bytes(signing_pem)
+        (user_dir / "tls.pem").write_bytes(tls_pem)
+        shutil.rmtree(pending)
+        self.revoke_member(org, name, progress, serials=old_serials)
+        return record
 
     def _record(self, entry: NodeEntry, joining: bool) -> None:
         path = self.folder / "network.json"

@@ -6,6 +6,7 @@ from kyodo.contracts._context import Caller, Context, StateReader, TxOverlay
 from kyodo.contracts._executor import BlockExecution, Executor, load_package_class
 from kyodo.contracts._lifecycle import ACTIONS, LifecycleContract, policy_digest
 from kyodo.contracts._package import MAX_PACKAGE_BYTES, ContractPackage, decode_package
+from kyodo.contracts._recovery import RecoveryContract
 from kyodo.contracts._sandbox import Meter, SandboxLimits, Violation, check_source, metered
 from kyodo.contracts._sdk import Contract, FunctionSpec, function, sha256_hex, specs_of
 from kyodo.contracts.errors import (
@@ -24,6 +25,7 @@ BUILTIN_CONTRACTS: dict[str, type[Contract]] = {
     AssetTransfer.name: AssetTransfer,
     ConfigContract.name: ConfigContract,
     LifecycleContract.name: LifecycleContract,
+    RecoveryContract.name: RecoveryContract,
 }
 """Contracts built into every node (trusted code); others are deployed through
 ``_lifecycle`` and run sandboxed."""
@@ -50,6 +52,7 @@ __all__ = [
     "LifecycleError",
     "Meter",
     "PackageError",
+    "RecoveryContract",
     "ResourceLimitExceeded",
     "SandboxLimits",
     "StateReader",

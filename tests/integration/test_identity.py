@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kyodo.client import KyodoError, TransactionRejected
-from tests.integration.conftest import wait_converged
+from tests.integration.conftest import wait_converged, wait_until
 from tests.integration.test_network import kyodo
 
 
@@ -78,3 +78,86 @@ def test_a_certificate_near_expiry_shows_in_status_and_metrics(network):
         .decode()
     )
     assert 'kyodo_certificate_expiry_timestamp_seconds{cert="signing"}' in metrics
+
+
+def test_a_member_who_lost_a_key_is_recovered_and_keeps_the_balance(network, tmp_path):
+    import shutil as _shutil
+
+    from kyodo.client import ContractFailed
+
+    folder = network.folder
+    user_dir = folder / "orgs" / "org3" / "users" / "carol"
+    assert kyodo("ca", "issue", "carol", "--org", "org3", folder=folder).returncode == 0
+    assert kyodo("ca", "issue", "officer2", "--org", "org3", "--role", "admin", folder=folder)
+    with network.gateway("org3", "carol") as gw:
+        gw.contract("asset_transfer").submit("create_account", "carol-acct")
+    with network.gateway("org3", "admin") as gw:
+        gw.contract("asset_transfer").submit("create_account", "payee-acct")
+        gw.contract("asset_transfer").submit("issue", "carol-acct", 100)
+    old = tmp_path / "carol-old"
+    _shutil.copytree(user_dir, old)  # what an attacker who found the lost key would hold
+    (user_dir / "signing.key").unlink()  # carol loses her key
+
+    policy = kyodo(
+        "recovery", "policy", "--org", "org3", "--approvals", "2", "--waiting-s", "2",
+        folder=folder,
+    )  # fmt: skip
+    assert policy.returncode == 0, policy.stderr
+    asked = kyodo("recovery", "request", "carol", "--org", "org3", "--json", folder=folder)
+    assert asked.returncode == 0, asked.stderr
+    request = json.loads(asked.stdout)
+    early = kyodo("recovery", "complete", request["id"], "--org", "org3", folder=folder)
+    assert early.returncode == 1 and "1 of 2 officers" in early.stderr
+    approved = kyodo(
+        "recovery", "approve", request["id"], "--org", "org3", "--by", "officer2", folder=folder
+    )
+    assert approved.returncode == 0, approved.stderr
+
+    def completed() -> bool:
+        done = kyodo("recovery", "complete", request["id"], "--org", "org3", folder=folder)
+        assert done.returncode == 0 or "may object" in done.stderr, done.stderr
+        return done.returncode == 0
+
+    wait_until(completed, timeout_s=30, what="the waiting period to pass")
+
+    with network.gateway("org3", "carol") as gw:  # the new key: same identity, same balance
+        contract = gw.contract("asset_transfer")
+        assert contract.evaluate("balance", "carol-acct") == 100
+        contract.submit("transfer", "carol-acct", "payee-acct", 40)
+        assert contract.evaluate("balance", "carol-acct") == 60
+    from kyodo.client import load_user
+
+    stale = load_user(
+        old,
+        passphrase=(folder / "orgs" / "org3" / "passphrase").read_bytes().strip(),
+        chain_id=network.chain_id,
+        ca_bundle=folder / "ca-bundle.pem",
+    )
+    with (
+        stale.connect(network.node("org3").gateway, retries=0) as gw,
+        pytest.raises((TransactionRejected, ContractFailed, KyodoError)) as refused,
+    ):
+        gw.contract("asset_transfer").submit("transfer", "carol-acct", "payee-acct", 1)
+    assert getattr(refused.value, "reason", "") == "revoked", refused.value
+    status = json.loads(
+        kyodo("recovery", "status", request["id"], "--org", "org3", "--json", folder=folder).stdout
+    )
+    assert status["status"] == "approved"
+    assert status["approved_by"] == ["org3/admin", "org3/officer2"]
+
+
+def test_the_owner_can_object_and_the_recovery_cannot_complete(network):
+    folder = network.folder
+    assert kyodo("ca", "issue", "dave", "--org", "org4", folder=folder).returncode == 0
+    kyodo("recovery", "policy", "--org", "org4", "--approvals", "1", "--waiting-s", "0",
+          folder=folder)  # fmt: skip
+    asked = kyodo("recovery", "request", "dave", "--org", "org4", "--json", folder=folder)
+    request = json.loads(asked.stdout)
+    objected = kyodo(
+        "recovery", "object", request["id"], "--org", "org4", "--user", "dave", folder=folder
+    )
+    assert objected.returncode == 0 and "objected" in objected.stdout, objected.stderr
+    done = kyodo("recovery", "complete", request["id"], "--org", "org4", folder=folder)
+    assert done.returncode == 1 and "objected" in done.stderr
+    with network.gateway("org4", "dave") as gw:  # dave's key still works
+        assert gw.contract("asset_transfer").submit("create_account", "dave-acct")
