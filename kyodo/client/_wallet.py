@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from kyodo.client._gateway import Gateway, Identity, TlsCredentials, connect
 from kyodo.client.errors import KyodoError
-from kyodo.crypto import Ed25519Signer, KeyFileError, load_private_key
+from kyodo.crypto import Ed25519Signer, KeyFileError, Signer, load_private_key
 
 __all__ = ["UserCredentials", "load_user"]
 
@@ -27,7 +27,8 @@ class UserCredentials:
     """Everything needed to connect as one user."""
 
     identity: Identity
-    signer: Ed25519Signer
+    signer: Signer
+    """A key file's signer, or an HSM key's (kyodo.crypto.Pkcs11Signer)."""
     tls: TlsCredentials
 
     def connect(self, address: str, **kwargs: object) -> Gateway:

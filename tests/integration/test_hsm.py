@@ -52,3 +52,35 @@ def test_the_token_refuses_a_node_whose_pin_source_is_missing(hsm_network, monke
     with pytest.raises(KeyFileError, match="not set"):
         Pkcs11Signer.open(uri)
     assert Path(MODULE).exists()
+
+
+def test_an_application_signs_transactions_with_a_key_in_the_token(hsm_network):
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from kyodo.cli._network import _load_org
+    from kyodo.client import UserCredentials
+    from kyodo.client._gateway import Identity
+    from kyodo.crypto import Pkcs11KeyRef, Pkcs11Signer, generate_pkcs11_key
+    from kyodo.identity import Role
+
+    ref = Pkcs11KeyRef(module=MODULE, token=TOKEN, label="app-user", pin_source=f"env:{PIN_VAR}")
+    public = generate_pkcs11_key(ref)
+    ca = _load_org(hsm_network.folder, "org1").ca
+    pem = ca.issue_signing_cert(
+        name="app-user",
+        role=Role.CLIENT,
+        public_key=ed25519.Ed25519PublicKey.from_public_bytes(public),
+        now=datetime.now(UTC),
+    )
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    tls = hsm_network.user("org1").tls  # the TLS key can stay a file; signing is in the HSM
+    creds = UserCredentials(
+        Identity(certificate=der, chain_id=hsm_network.chain_id), Pkcs11Signer(ref), tls
+    )
+    with creds.connect(hsm_network.node("org1").gateway) as gw:
+        created = gw.contract("asset_transfer").submit("create_account", "hsm-app")
+    assert created["owner"] == "org1/app-user"

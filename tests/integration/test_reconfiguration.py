@@ -33,6 +33,9 @@ def test_a_change_without_a_majority_of_admins_is_refused_at_the_gateway(network
 
 
 def test_a_validator_of_a_new_organization_joins_under_load_and_votes(network: LocalNetwork):
+    app = network.gateway("org1")  # an application written before org5 existed
+    before = app.contract("asset_transfer")
+    before.submit("create_account", "app-before-org5")
     worker, out = load_in_background(network, network.orgs[:4], "join", per_client=15)
     entry = network.add_validator("org5", progress=lambda _m: None)
     worker.join(timeout=300)
@@ -49,6 +52,11 @@ def test_a_validator_of_a_new_organization_joins_under_load_and_votes(network: L
         block = decode_record(Block, gw.block(outcome.height))
     assert len(block.certificate) >= 4  # q = 4 of the 5 validators: the new set certifies
     assert node_status(network, entry).role in ("leader", "follower")
+    # the same application object, code and configuration unchanged, after org5 joined
+    after = before.submit_transaction("create_account", "app-after-org5")
+    block = decode_record(Block, app.block(after.height))
+    assert len(block.certificate) >= 4  # certified by the 5-validator set
+    app.close()
     wait_converged(network)
     assert_all_final_everywhere(network, final_ids)
 
