@@ -91,6 +91,8 @@ class GatewayBackend(Protocol):
 
     def current_config(self) -> ConfigResponse: ...
 
+    def is_revoked(self, org: str, serial: int) -> bool: ...
+
 
 class GatewayServer:
     """The gRPC server of one node."""
@@ -230,7 +232,14 @@ class GatewayServer:
                 f"client certificate names organization {org!r}",
             )
         role = _attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
-        return f"{org}/{role}/{_attr(cert, NameOID.COMMON_NAME)}"
+        name = _attr(cert, NameOID.COMMON_NAME)
+        if self._backend.is_revoked(org, cert.serial_number):
+            raise GatewayError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unauthenticated",
+                f"client certificate of {org}/{name} is revoked by {org}",
+            )
+        return f"{org}/{role}/{name}"
 
     # -- methods ---------------------------------------------------------------------
 

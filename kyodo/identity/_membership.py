@@ -221,6 +221,11 @@ class Membership:
     def __repr__(self) -> str:
         return f"Membership(orgs={self._orgs!r})"
 
+    def is_revoked(self, org: str, serial: int) -> bool:
+        """Whether ``org``'s revocation list names ``serial`` (any certificate: signing
+        or TLS)."""
+        return serial in self._revoked.get(org, frozenset())
+
     def orgs(self) -> tuple[str, ...]:
         """Return the ids of the organizations whose CAs are configured, sorted."""
         return self._orgs

@@ -1060,6 +1060,10 @@ class Node:
             in_force_from=self._epochs.latest_first_height(),
         )
 
+    def is_revoked(self, org: str, serial: int) -> bool:
+        """Whether the configuration in force revokes this certificate of ``org``."""
+        return self._current.membership.is_revoked(org, serial)
+
     def status(self) -> NodeStatus:
         """This node's view of itself (from memory: no storage access on the loop)."""
         height, tip_hash, state_root = self._tip
