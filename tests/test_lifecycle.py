@@ -18,9 +18,9 @@ from kyodo.contracts import (
     SandboxLimits,
     policy_digest,
 )
+from kyodo.contracts._testing import InMemoryState
 from kyodo.identity import Role
-from kyodo.ledger import CheckedTx, HistoryEntry, StateEntry, TxStatus, compute_results_root
-from tests._factories import MemoryState
+from kyodo.ledger import CheckedTx, TxStatus, compute_results_root
 from tests.test_executor import BLOCK_TIME, _member, tx
 
 MEMBERS = ("org1", "org2", "org3")
@@ -81,7 +81,7 @@ class Chain:
     """A ledger in memory: each ``block`` executes and applies like a node would."""
 
     def __init__(self, limits: SandboxLimits | None = None) -> None:
-        self.state = MemoryState()
+        self.state = InMemoryState()
         self.executor = Executor(BUILTIN_CONTRACTS, *(limits,) if limits else ())
         self.height = 0
 
@@ -90,18 +90,7 @@ class Chain:
         execution = self.executor.execute_block(
             self.state, list(txs), height=self.height, block_time_ms=BLOCK_TIME, members=MEMBERS
         )
-        for state_key, (index, tx_id, value) in execution.writes.items():
-            namespace, _, key = state_key.partition(b"\x00")
-            where = (namespace.decode(), key.decode())
-            if value is None:
-                self.state.entries.pop(where, None)
-            else:
-                self.state.entries[where] = StateEntry(
-                    value=value, height=self.height, tx_index=index
-                )
-            self.state.history.setdefault(where, []).append(
-                HistoryEntry(height=self.height, tx_index=index, tx_id=tx_id, value=value)
-            )
+        self.state.apply(self.height, execution)
         return execution
 
     def ok(self, *txs: CheckedTx) -> list[Any]:
@@ -180,8 +169,8 @@ def test_upgrade_keeps_state_runs_migration_once_and_switches_at_a_block() -> No
     chain.approve(("org2", "org3"), "counter", 2, "upgrade", v2.package_hash())
     commit = tx(ADMINS["org3"], "_lifecycle", "commit", encode(v2))
     # A bump ordered in the same block as the commit runs version 1 (+1) ...
-    before, in_block = chain.ok(tx(USER1, "counter", "bump"), commit)[0], None
-    assert before == 7 and in_block is None
+    before, committed = chain.ok(tx(USER1, "counter", "bump"), commit)
+    assert before == 7 and committed["action"] == "upgrade"
     # ... and every bump after it runs version 2 (+10), on the same state.
     assert chain.ok(tx(USER1, "counter", "bump")) == [17]
     assert chain.state.entries[("counter", "migrated_from")].value == 7

@@ -45,6 +45,9 @@ OrgsOption = Annotated[
     list[str] | None,
     typer.Option("--org", help="Organization whose admin signs (repeat for several)."),
 ]
+CommitterOption = Annotated[
+    str | None, typer.Option(help="Organization whose admin commits (default: the first).")
+]
 AllOrgsOption = Annotated[
     bool, typer.Option("--all-orgs", help="Sign as every organization's admin (local networks).")
 ]
@@ -332,7 +335,7 @@ def _commit(
 @contract_app.command("commit")
 def contract_commit(
     package_file: Path,
-    org: Annotated[str | None, typer.Option(help="Organization whose admin commits.")] = None,
+    org: CommitterOption = None,
     folder: DirOption = DEFAULT_DIR,
     as_json: JsonOption = False,
 ) -> None:
@@ -343,7 +346,7 @@ def contract_commit(
 @contract_app.command("upgrade")
 def contract_upgrade(
     package_file: Path,
-    org: Annotated[str | None, typer.Option(help="Organization whose admin commits.")] = None,
+    org: CommitterOption = None,
     folder: DirOption = DEFAULT_DIR,
     as_json: JsonOption = False,
 ) -> None:
@@ -354,7 +357,7 @@ def contract_upgrade(
 @contract_app.command("terminate")
 def contract_terminate(
     name: str,
-    org: Annotated[str | None, typer.Option(help="Organization whose admin commits.")] = None,
+    org: CommitterOption = None,
     folder: DirOption = DEFAULT_DIR,
     as_json: JsonOption = False,
 ) -> None:

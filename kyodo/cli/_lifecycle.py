@@ -24,7 +24,9 @@ from kyodo.contracts import (
     PackageError,
     check_source,
     decode_package,
+    load_package_class,
     policy_digest,
+    specs_of,
 )
 
 __all__ = ["Lifecycle", "build_package", "load_package_file", "save_package_file"]
@@ -235,8 +237,6 @@ def watch_and_upgrade(
 
 def describe_functions(package: ContractPackage) -> list[dict[str, Any]]:
     """The package's functions: name, parameters, read-only, who may call."""
-    from kyodo.contracts import load_package_class, specs_of
-
     cls = load_package_class(package)
     rows = []
     for name, spec in sorted(specs_of(cls).items()):

@@ -626,7 +626,7 @@ class LocalNetwork:
     def issue_member(self, org: str, name: str, role: Role) -> Path:
         """Issue ``name`` of ``org`` signing and TLS certificates with ``role`` (the CA key
         is in this folder: a local network); their folder."""
-        check_member_name(name)
+        _check_folder_name(name)
         folder = self.folder / "orgs" / org / "users" / name
         if folder.exists():
             raise KyodoError(f"{org} already has a member {name!r}", code="exists")
@@ -713,12 +713,23 @@ class LocalNetwork:
         """Complete an approved-enough request: the ledger checks the officers and the
         waiting period; then the CA issues certificates for the new keys under the same
         name, the old ones are revoked by a configuration change, and the member's
-        folder holds the new credentials (the old ones move to ``lost-<time>/``)."""
+        folder holds the new credentials (the old ones move to ``lost-<time>/``).
+
+        Re-runnable: a request the ledger already approved is not completed again, and
+        the files move only after the old certificates are revoked, so an interrupted
+        run is finished by running it again."""
         with self.gateway(org, by) as gw:
-            record = dict(gw.contract("_recovery").submit("complete", request_id))
+            recovery = gw.contract("_recovery")
+            record = dict(recovery.evaluate("status", request_id))
+            if record["status"] == "pending":
+                record = dict(recovery.submit("complete", request_id))
+        if record["status"] != "approved":
+            raise KyodoError(f"recovery {request_id} is {record['status']}", code="state")
         name = record["name"]
         user_dir = self.folder / "orgs" / org / "users" / name
         pending = user_dir / "recovery"
+        if not pending.exists():  # its files moved last: nothing is left to do
+            raise KyodoError(f"recovery {request_id} is already completed", code="state")
         loaded = _load_org(self.folder, org)
         signing = load_private_key(pending / "signing.key", loaded.passphrase)
         tls = load_private_key(pending / "tls.key", loaded.passphrase)
@@ -734,6 +745,8 @@ class LocalNetwork:
             str(old_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value)
         )
         old_serials = self.member_serials(org, name)
+        if not set(old_serials) <= self._revoked(org):
+            self.revoke_member(org, name, progress, serials=old_serials)
         now = datetime.now(UTC)
         progress(f"{org}: certificates for {name}'s new keys")
         signing_pem = loaded.ca.issue_signing_cert(
@@ -753,8 +766,12 @@ class LocalNetwork:
         (user_dir / "signing.pem").write_bytes(signing_pem)
         (user_dir / "tls.pem").write_bytes(tls_pem)
         shutil.rmtree(pending)
-        self.revoke_member(org, name, progress, serials=old_serials)
         return record
+
+    def _revoked(self, org: str) -> frozenset[int]:
+        """Serials ``org``'s revocation list in force names."""
+        info = next((o for o in self.current_config().orgs if o.org_id == org), None)
+        return frozenset() if info is None else revoked_serials(info)
 
     def _record(self, entry: NodeEntry, joining: bool) -> None:
         path = self.folder / "network.json"
@@ -837,8 +854,8 @@ def revoked_serials(info: OrgInfo) -> frozenset[int]:
     return frozenset(e.serial_number for e in x509.load_der_x509_crl(info.crl_der))
 
 
-def check_member_name(name: str) -> None:
-    """Refuse names a CN and a folder cannot both carry."""
+def _check_folder_name(name: str) -> None:
+    """Refuse member names that are not safe as a folder name (the CA checks the CN)."""
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise KyodoError(f"member name {name!r}: 1-64 of letters, digits, - _ .", code="usage")
     if name.startswith("."):

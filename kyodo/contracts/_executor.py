@@ -53,7 +53,7 @@ from kyodo.contracts.errors import (
     ResourceLimitExceeded,
     UnknownContractError,
 )
-from kyodo.ledger import CheckedTx, TxResult, TxStatus, split_state_key
+from kyodo.ledger import CheckedTx, TxResult, TxStatus
 
 __all__ = ["BlockExecution", "Executor", "load_package_class"]
 
@@ -602,9 +602,3 @@ def _failed(checked: CheckedTx, status: TxStatus, message: str) -> TxResult:
     return TxResult(
         tx_id=checked.tx_id, status=int(status), result=None, message=_clean(message), events=()
     )
-
-
-def describe_write(state_key: bytes) -> str:
-    """``namespace/key`` of a state key, for messages."""
-    namespace, key = split_state_key(state_key)
-    return f"{namespace}/{key}"

@@ -745,14 +745,6 @@ def _bound_call(obj: Any, name: str) -> Callable[..., Any]:
     return method
 
 
-def _size(value: Any) -> int:
-    if isinstance(value, _SIZED):
-        return len(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value.bit_length() // 64
-    return 0
-
-
 def _check_size(meter: Meter, value: Any) -> Any:
     """Charge for ``value``'s allocation; refuse it if over the limits."""
     limits = meter.limits
@@ -873,13 +865,6 @@ class Guards:
         meter.charge(1)
         result = _UNARY[op](value)
         return _check_size(meter, result)
-
-    @staticmethod
-    def step() -> None:
-        meter = _meter()
-        meter.steps_left -= 1
-        if meter.steps_left < 0:
-            raise meter.fail(f"execution budget of {meter.limits.max_steps} steps exceeded")
 
     @staticmethod
     def enter() -> None:
@@ -1139,9 +1124,7 @@ def _predict_method(meter: Meter, obj: Any, name: str, args: tuple[Any, ...], kw
             longest = max((len(v) for v in values if isinstance(v, str | bytes)), default=1)
             _predict(meter, len(obj) * max(longest, 1))
     elif name in ("encode", "decode"):
-        codec = args[0] if args else kw.get("encoding", "utf-8")
-        if not isinstance(codec, str) or codec.lower().replace("_", "-") not in _CODECS:
-            raise ContractError(f"codec {codec!r} is not available; use utf-8, ascii or latin-1")
+        _check_codec(args[0] if args else kw.get("encoding", "utf-8"))
     elif name == "extend" and args and isinstance(obj, list):
         extra = args[0]
         if isinstance(extra, _SIZED):
@@ -1218,12 +1201,15 @@ def _guarded_bytes(*args: Any, **kwargs: Any) -> bytes:
     return _check_size(_meter(), bytes(*args, **kwargs))  # type: ignore[no-any-return]
 
 
+def _check_codec(codec: Any) -> None:
+    if not isinstance(codec, str) or codec.lower().replace("_", "-") not in _CODECS:
+        raise ContractError(f"codec {codec!r} is not available; use utf-8, ascii or latin-1")
+
+
 def _check_codec_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     codec = args[1] if len(args) > 1 else kwargs.get("encoding")
-    if codec is not None and (
-        not isinstance(codec, str) or codec.lower().replace("_", "-") not in _CODECS
-    ):
-        raise ContractError(f"codec {codec!r} is not available; use utf-8, ascii or latin-1")
+    if codec is not None:
+        _check_codec(codec)
 
 
 def _guarded_str(*args: Any, **kwargs: Any) -> str:

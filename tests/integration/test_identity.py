@@ -118,6 +118,8 @@ def test_a_member_who_lost_a_key_is_recovered_and_keeps_the_balance(network, tmp
         return done.returncode == 0
 
     wait_until(completed, timeout_s=30, what="the waiting period to pass")
+    again = kyodo("recovery", "complete", request["id"], "--org", "org3", folder=folder)
+    assert again.returncode == 1 and "already completed" in again.stderr
 
     with network.gateway("org3", "carol") as gw:  # the new key: same identity, same balance
         contract = gw.contract("asset_transfer")
