@@ -23,6 +23,7 @@ this module only names keys, opens sessions and adapts signatures to
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -36,6 +37,8 @@ _LOCK = threading.RLock()
 """One lock for every PKCS#11 call of this process (SoftHSM2 is not thread safe)."""
 _ED25519_OID_DER = bytes.fromhex("06032b6570")  # id-Ed25519, 1.3.101.112
 _libraries: dict[str, Any] = {}
+OPEN_ATTEMPTS = 6
+"""Tries to open a key before a start-up fails (about 3 s of backoff in all)."""
 
 
 def is_pkcs11_uri(text: str) -> bool:
@@ -111,6 +114,16 @@ def _open(token: Any, pin: str, *, rw: bool = False) -> Any:
         return token.open(rw=rw)
 
 
+def _reload(module: str) -> None:
+    """Re-read the module's tokens: SoftHSM2 lists tokens when it is initialised, so a
+    token that another process was writing at that moment stays invisible until then.
+    Only done before retrying a failed open (it ends this process's other sessions)."""
+    with _LOCK:
+        lib = _libraries.get(module)
+        if lib is not None:
+            lib.reinitialize()
+
+
 def generate_pkcs11_key(ref: Pkcs11KeyRef) -> bytes:
     """Generate an Ed25519 key pair inside the token, private key non-extractable;
     return its raw public key (what the certificate is issued for)."""
@@ -154,23 +167,42 @@ class Pkcs11Signer:
 
     def __init__(self, ref: Pkcs11KeyRef) -> None:
         import pkcs11
-        from pkcs11 import Attribute, ObjectClass
 
         self.ref = ref
         pin = read_passphrase(ref.pin_source).decode()
-        with _LOCK:
-            token = _token(ref)
+        for attempt in range(OPEN_ATTEMPTS):
             try:
-                self._session = _open(token, pin)
-                self._private = self._session.get_key(
-                    object_class=ObjectClass.PRIVATE_KEY, label=ref.label
-                )
-                public = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=ref.label)
-                self.public_key: bytes = _raw_public_key(public[Attribute.EC_POINT])
-            except (pkcs11.PKCS11Error, pkcs11.NoSuchKey, pkcs11.MultipleObjectsReturned) as exc:
+                self._open_key(ref, pin)
+                return
+            except (pkcs11.NoSuchKey, pkcs11.MultipleObjectsReturned) as exc:
                 raise KeyFileError(
                     f"no usable key {ref.label!r} in token {ref.token!r}: {exc!r}"
                 ) from exc
+            except (pkcs11.PKCS11Error, KeyFileError) as exc:
+                # A token shared by several processes (SoftHSM2's file store, a busy HSM)
+                # can fail an open transiently (GeneralError): retry, then give up.
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise KeyFileError(
+                        f"no usable key {ref.label!r} in token {ref.token!r} after "
+                        f"{OPEN_ATTEMPTS} attempts: {exc!r}"
+                    ) from exc
+                time.sleep(0.1 * 2**attempt)  # backoff between attempts, not a sync wait
+                _reload(ref.module)
+
+    def _open_key(self, ref: Pkcs11KeyRef, pin: str) -> None:
+        from pkcs11 import Attribute, ObjectClass
+
+        with _LOCK:
+            token = _token(ref)
+            session = _open(token, pin)
+            try:
+                private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=ref.label)
+                public = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=ref.label)
+                raw = _raw_public_key(public[Attribute.EC_POINT])
+            except BaseException:
+                session.close()
+                raise
+            self._session, self._private, self.public_key = session, private, raw
 
     @classmethod
     def open(cls, uri: str) -> Pkcs11Signer:
