@@ -12,6 +12,7 @@ from kyodo.client import KyodoError
 from kyodo.codec import encode
 from kyodo.crypto import Ed25519Signer
 from kyodo.ledger import (
+    AclEntry,
     ConfigView,
     NetworkConfig,
     TransactionRejectedError,
@@ -165,3 +166,17 @@ def test_a_network_can_start_with_an_admin_policy_and_refuses_one_that_does_not_
         create_network(
             tmp_path / "b", orgs=4, progress=lambda _m: None, admin_policy="OutOf(2, 'x')"
         )
+
+
+def test_access_rules_travel_in_the_configuration_and_bad_ones_are_refused(net, current):
+    rules = (AclEntry(resource="blocks.read", policy="'*.auditor'"),)
+    raw = encode(next_config(current, acls=rules))
+    new = check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+    assert ConfigView.of(new).acl.rule_for("blocks.read") == ("blocks.read", "'*.auditor'")
+    for bad, says in (
+        (AclEntry(resource="blocks.write", policy="'*.admin'"), "unknown ACL resource"),
+        (AclEntry(resource="submit/cash", policy="AND('org1.boss')"), "'submit/cash'"),
+    ):
+        raw = encode(next_config(current, acls=(bad,)))
+        with pytest.raises(TransactionRejectedError, match=says):
+            check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))

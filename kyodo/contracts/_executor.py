@@ -54,6 +54,7 @@ from kyodo.contracts.errors import (
     UnknownContractError,
 )
 from kyodo.ledger import CheckedTx, TxResult, TxStatus
+from kyodo.policy import AccessRefused, AclTable, Identity
 
 __all__ = ["BlockExecution", "Executor", "load_package_class"]
 
@@ -401,17 +402,19 @@ class Executor:
         block_time_ms: int,
         members: tuple[str, ...] = (),
         cut_at_block_budget: bool = False,
+        acl: AclTable | None = None,
     ) -> BlockExecution:
         """Execute ``txs`` in order over ``state``; nothing is written to ``state``.
 
         With ``cut_at_block_budget`` (a proposer building a block), execution stops
         after the transaction that brings the steps spent to the limits'
         ``max_block_steps``; ``results`` then covers a prefix of ``txs``, which is
-        what the block carries.
+        what the block carries. With ``acl``, a transaction whose creator the rule for
+        ``submit/<contract>/<function>`` refuses fails with ACCESS_DENIED.
         """
         return self._at_fixed_depth(
             lambda: self._execute_block(
-                state, txs, height, block_time_ms, members, cut_at_block_budget
+                state, txs, height, block_time_ms, members, cut_at_block_budget, acl
             )
         )
 
@@ -423,6 +426,7 @@ class Executor:
         block_time_ms: int,
         members: tuple[str, ...],
         cut_at_block_budget: bool,
+        acl: AclTable | None,
     ) -> BlockExecution:
         block = TxOverlay(state)
         resolve = self._resolver(state)
@@ -433,6 +437,10 @@ class Executor:
         for index, checked in enumerate(txs):
             if cut_at_block_budget and spent >= self._limits.max_block_steps:
                 break
+            refusal = _acl_refusal(acl, "submit", checked)
+            if refusal is not None:
+                results.append(_failed(checked, TxStatus.ACCESS_DENIED, refusal[1]))
+                continue
             overlay = TxOverlay(block)
             call = self._new_call(resolve, checked, height, block_time_ms, members)
             status, value, message, steps = self._run_tx(call, overlay, checked)
@@ -515,9 +523,14 @@ class Executor:
         height: int,
         block_time_ms: int,
         members: tuple[str, ...] = (),
+        acl: AclTable | None = None,
     ) -> Any:
         """Run a function without keeping its writes (a query); raise ContractError
-        (UnknownContractError, AccessDeniedError, ...) if it fails."""
+        (UnknownContractError, AccessDeniedError, ...) if it fails. With ``acl``, the
+        rule for ``evaluate/<contract>/<function>`` must allow the creator."""
+        refusal = _acl_refusal(acl, "evaluate", checked)
+        if refusal is not None:
+            raise AccessDeniedError(refusal[1], rule=refusal[0])
         return self._at_fixed_depth(
             lambda: self._evaluate(state, checked, height, block_time_ms, members)
         )
@@ -554,6 +567,21 @@ class Executor:
         if meter.exhausted is not None:
             raise ContractError(f"resource limit: {meter.exhausted}")
         return value
+
+
+def _acl_refusal(acl: AclTable | None, action: str, checked: CheckedTx) -> tuple[str, str] | None:
+    """(the rule, why) if the ACL refuses ``action`` of this transaction, else None."""
+    if acl is None:
+        return None
+    creator, tx = checked.creator, checked.tx
+    try:
+        acl.check(
+            f"{action}/{tx.contract}/{tx.function}",
+            Identity(org=creator.org, role=str(creator.role), name=creator.name),
+        )
+    except AccessRefused as exc:
+        return exc.rule, str(exc)
+    return None
 
 
 _STATUS_OF: tuple[tuple[type[Exception], TxStatus], ...] = (

@@ -36,6 +36,7 @@ from kyodo.ledger import (
     TxStatus,
     split_state_key,
 )
+from kyodo.policy import AclTable
 
 __all__ = ["Call", "InMemoryState", "LocalLedger", "TxFailed"]
 
@@ -124,8 +125,11 @@ class LocalLedger:
         limits: SandboxLimits = DEFAULT_LIMITS,
         start_ms: int = 1_767_225_600_000,
         builtins: Mapping[str, type[Contract]] | None = None,
+        acls: Mapping[str, str] | None = None,
     ) -> None:
         self.orgs = tuple(sorted(orgs))
+        self.acl = AclTable((acls or {}).items())
+        """The network's access rules (the defaults, overridden by ``acls``)."""
         self.state = InMemoryState()
         contracts: dict[str, type[Contract]] = {LifecycleContract.name: LifecycleContract}
         contracts.update(builtins or {})
@@ -169,6 +173,7 @@ class LocalLedger:
             height=self.height,
             block_time_ms=self.block_time_ms,
             members=self.orgs,
+            acl=self.acl,
         )
         self.state.apply(self.height, execution)
         self.block_time_ms += 1000
@@ -189,6 +194,7 @@ class LocalLedger:
             height=self.height,
             block_time_ms=self.block_time_ms,
             members=self.orgs,
+            acl=self.acl,
         )
 
     def get(self, contract: str, key: str) -> Any:

@@ -40,6 +40,7 @@ from kyodo.ledger._topology import (
 )
 from kyodo.ledger._types import (
     GENESIS_HEIGHT,
+    AclEntry,
     Block,
     BlockHeader,
     CommitSignature,
@@ -86,6 +87,7 @@ __all__ = [
     "EMPTY",
     "GENESIS_HEIGHT",
     "MAX_TX_BYTES",
+    "AclEntry",
     "Block",
     "BlockHeader",
     "BlockVerificationError",

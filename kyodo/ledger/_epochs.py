@@ -19,6 +19,7 @@ from kyodo.identity import IdentityError, Membership
 from kyodo.ledger._types import Block, NetworkConfig
 from kyodo.ledger._verify import quorum_size, verify_certificate
 from kyodo.ledger.errors import LedgerError
+from kyodo.policy import AclTable, PolicyError
 
 __all__ = ["ConfigView", "Epochs"]
 
@@ -33,6 +34,8 @@ class ConfigView:
     """Node id -> raw Ed25519 signing key, for every configured node."""
     validators: tuple[str, ...]
     quorum: int
+    acl: AclTable
+    """The access rules in force (defaults plus the configuration's ``acls``)."""
 
     @classmethod
     def of(cls, config: NetworkConfig) -> ConfigView:
@@ -52,7 +55,13 @@ class ConfigView:
                 f"a node certificate of configuration epoch {config.epoch} does not verify: {exc}"
             ) from exc
         validators = tuple(n.node_id for n in config.validators())
-        return cls(config, membership, keys, validators, quorum_size(len(validators)))
+        try:
+            acl = AclTable((e.resource, e.policy) for e in config.acls)
+        except PolicyError as exc:
+            raise LedgerError(
+                f"the access rules of epoch {config.epoch} are invalid: {exc}"
+            ) from exc
+        return cls(config, membership, keys, validators, quorum_size(len(validators)), acl)
 
     def check_certificate(self, block: Block) -> None:
         """q distinct validators of this configuration signed the block's hash."""

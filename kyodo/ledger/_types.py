@@ -168,7 +168,17 @@ class ConsensusParams:
     """A transaction created longer ago than this (or this far in the future) is refused."""
 
 
-@record(33, version=4)  # 2: allow_fragile_topology; 3: epoch; 4: admin_policy
+@record(34)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AclEntry:
+    """One access rule of the network: a resource and the policy guarding it
+    (see :mod:`kyodo.policy` for the resource names and the defaults)."""
+
+    resource: str
+    policy: str
+
+
+@record(33, version=5)  # 2: allow_fragile_topology; 3: epoch; 4: admin_policy; 5: acls
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
     """The network's configuration: carried by the genesis block (epoch 0) and by each
@@ -187,6 +197,9 @@ class NetworkConfig:
     admin_policy: str = ""
     """Who must approve a change of this configuration, in the policy language
     (``kyodo.policy``); "" means the admins of a majority of the organizations."""
+    acls: tuple[AclEntry, ...] = ()
+    """Access rules that differ from ``kyodo.policy.DEFAULT_ACLS``, applied by every
+    node: by gateways to each call, by the executor to each transaction."""
 
     def node(self, node_id: str) -> NodeInfo | None:
         """The node with this id, or None."""

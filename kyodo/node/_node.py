@@ -735,6 +735,7 @@ class Node:
             block_time_ms=block_time,
             members=self._members_at(height + 1),
             cut_at_block_budget=True,
+            acl=self._view_at(height + 1).acl,
         )
         checked = checked[: len(execution.results)]  # the rest stay in the pool
         prepared = prepare_state(
@@ -805,6 +806,7 @@ class Node:
             height=header.height,
             block_time_ms=header.timestamp_ms,
             members=self._members_at(header.height),
+            acl=self._view_at(header.height).acl,
         )
         if compute_results_root(execution.results) != header.results_root:
             raise BlockVerificationError(
@@ -994,6 +996,7 @@ class Node:
                 height=height,
                 block_time_ms=now_ms(),
                 members=self._members_at(height + 1),
+                acl=self._view_at(height + 1).acl,
             )
             return EvaluateResponse(result=result, height=height)
 

@@ -1,5 +1,12 @@
 """Policy services: one language for access and signature policies, one evaluator."""
 
+from kyodo.policy._acl import (
+    DEFAULT_ACLS,
+    RESOURCES,
+    AccessRefused,
+    AclTable,
+    check_resource_name,
+)
 from kyodo.policy._policy import (
     MAX_POLICY_CHARS,
     ROLES,
@@ -14,8 +21,12 @@ from kyodo.policy._policy import (
 from kyodo.policy.errors import PolicyError, PolicySyntaxError
 
 __all__ = [
+    "DEFAULT_ACLS",
     "MAX_POLICY_CHARS",
+    "RESOURCES",
     "ROLES",
+    "AccessRefused",
+    "AclTable",
     "Decision",
     "Identity",
     "OutOf",
@@ -23,6 +34,7 @@ __all__ = [
     "PolicyError",
     "PolicySyntaxError",
     "Principal",
+    "check_resource_name",
     "evaluate",
     "parse_policy",
 ]
