@@ -48,6 +48,7 @@ from kyodo.crypto import (
 )
 from kyodo.identity import CertificateAuthority, Role, load_certificate
 from kyodo.ledger import (
+    AclEntry,
     ConsensusParams,
     FragileTopologyError,
     NetworkConfig,
@@ -60,7 +61,7 @@ from kyodo.ledger import (
     save_genesis,
 )
 from kyodo.node import NodeConfig
-from kyodo.policy import PolicySyntaxError, parse_policy
+from kyodo.policy import PolicyError, PolicySyntaxError, check_resource_name, parse_policy
 from kyodo.wire import NodeStatus
 
 __all__ = ["LocalNetwork", "NodeEntry", "create_network"]
@@ -618,6 +619,34 @@ class LocalNetwork:
             ),
         )
         progress(f"configuration epoch {new.epoch}: approvals and ordering")
+        self.propose_config(new, current=current, via_org=via)
+        return new
+
+    def set_acl(self, resource: str, policy: str | None, progress: Progress) -> NetworkConfig:
+        """Set the rule guarding ``resource`` (None: back to the default) by a
+        configuration change approved under the admin policy."""
+        try:
+            check_resource_name(resource)
+            if policy is not None:
+                parse_policy(policy)
+        except PolicyError as exc:
+            raise KyodoError(str(exc), code="invalid_acl") from exc
+        via = self.orgs[0]
+        current = self.current_config(via)
+        rules = {e.resource: e.policy for e in current.acls}
+        if policy is None:
+            if resource not in rules:
+                raise KyodoError(f"{resource} already has its default rule", code="exists")
+            del rules[resource]
+        else:
+            rules[resource] = policy
+        new = replace(
+            current,
+            epoch=current.epoch + 1,
+            created_ms=int(datetime.now(UTC).timestamp() * 1000),
+            acls=tuple(AclEntry(resource=r, policy=p) for r, p in sorted(rules.items())),
+        )
+        progress(f"configuration epoch {new.epoch}: ACL {resource}, approvals and ordering")
         self.propose_config(new, current=current, via_org=via)
         return new
 

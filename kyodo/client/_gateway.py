@@ -47,6 +47,8 @@ from kyodo.wire import (
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
+    RequestPayload,
+    SignedRequest,
     StatusRequest,
     SubmitRequest,
     Transaction,
@@ -195,7 +197,13 @@ class Gateway:
     # -- calls -----------------------------------------------------------------------
 
     def call(
-        self, method: str, request: Any, response_type: type[R], timeout_s: float | None = None
+        self,
+        method: str,
+        request: Any,
+        response_type: type[R],
+        timeout_s: float | None = None,
+        *,
+        retries: int | None = None,
     ) -> R:
         """Send one request, retrying transient failures; raise a typed error if refused."""
         stub = self._calls.get(method)
@@ -204,17 +212,65 @@ class Gateway:
             self._calls[method] = stub
         body = encode(request)
         delay = 0.1
-        for attempt in range(self._retries + 1):
+        retries = self._retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 raw = stub(body, timeout=timeout_s or self._timeout_s)
                 return decode_record(response_type, raw)
             except grpc.RpcError as exc:
                 error = _typed_error(exc)
-                if not isinstance(error, Unavailable) or attempt == self._retries:
+                if not isinstance(error, Unavailable) or attempt == retries:
                     raise error from None
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def signed_call(
+        self, method: str, request: Any, response_type: type[R], timeout_s: float | None = None
+    ) -> R:
+        """A read or status call, signed by this identity (signed afresh on every retry:
+        the gateway refuses a signed request it has seen)."""
+        body = encode(request)
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            try:
+                return self.call(
+                    method, self.sign_request(method, body), response_type, timeout_s, retries=0
+                )
+            except Unavailable:
+                if attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def evaluate(self, contract: str, function: str, args: tuple[Any, ...]) -> EvaluateResponse:
+        """Run a query, signed afresh on every retry (a gateway refuses a replayed one)."""
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            try:
+                envelope = self.sign(contract, function, args)
+                return self.call("Evaluate", envelope, EvaluateResponse, retries=0)
+            except Unavailable:
+                if attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def sign_request(self, method: str, body: bytes) -> SignedRequest:
+        """A signed request for ``method`` carrying ``body`` (an encoded request record)."""
+        payload = encode(
+            RequestPayload(
+                chain_id=self.identity.chain_id,
+                method=method,
+                body=body,
+                nonce=os.urandom(16),
+                created_ms=time.time_ns() // 1_000_000,
+                creator=self.identity.certificate,
+            )
+        )
+        return SignedRequest(payload=payload, signature=self._signer.sign(payload))
 
     def submit_envelope(self, envelope: TxEnvelope, *, wait_s: float = 30.0) -> TxStatusResponse:
         """Submit a signed envelope and wait up to ``wait_s`` for finality."""
@@ -227,7 +283,7 @@ class Gateway:
             if exc.reason != "duplicate":
                 raise
             # a retry of an envelope the gateway already accepted: report its status
-            response = self.call(
+            response = self.signed_call(
                 "TxStatus",
                 StatusRequest(tx_id=envelope.tx_id(), wait_ms=int(wait_s * 1000)),
                 TxStatusResponse,
@@ -239,24 +295,26 @@ class Gateway:
 
     def status(self) -> NodeStatus:
         """The gateway node's status."""
-        return self.call("NodeStatus", StatusRequest(tx_id=b"", wait_ms=0), NodeStatus)
+        return self.signed_call("NodeStatus", StatusRequest(tx_id=b"", wait_ms=0), NodeStatus)
 
     def config(self) -> ConfigResponse:
         """The newest network configuration (decode ``.config`` with kyodo.ledger)."""
-        return self.call("GetConfig", StatusRequest(tx_id=b"", wait_ms=0), ConfigResponse)
+        return self.signed_call("GetConfig", StatusRequest(tx_id=b"", wait_ms=0), ConfigResponse)
 
     def block(self, height: int = -1) -> bytes:
         """A block's canonical bytes (-1 for the tip)."""
-        response: BlockResponse = self.call("GetBlock", BlockRequest(height=height), BlockResponse)
+        response: BlockResponse = self.signed_call(
+            "GetBlock", BlockRequest(height=height), BlockResponse
+        )
         return response.block
 
     def transaction(self, tx_id: bytes) -> TxResponse:
         """A committed transaction with its result."""
-        return self.call("GetTransaction", TxRequest(tx_id=tx_id), TxResponse)
+        return self.signed_call("GetTransaction", TxRequest(tx_id=tx_id), TxResponse)
 
     def tx_status(self, tx_id: bytes, *, wait_s: float = 0.0) -> TxStatusResponse:
         """Where a transaction stands (optionally waiting for finality)."""
-        return self.call(
+        return self.signed_call(
             "TxStatus",
             StatusRequest(tx_id=tx_id, wait_ms=int(wait_s * 1000)),
             TxStatusResponse,
@@ -313,9 +371,7 @@ class Contract:
 
     def evaluate(self, function: str, *args: Any) -> Any:
         """Run a query against committed state; nothing is written."""
-        envelope = self.gateway.sign(self.name, function, args)
-        response: EvaluateResponse = self.gateway.call("Evaluate", envelope, EvaluateResponse)
-        return response.result
+        return self.gateway.evaluate(self.name, function, args).result
 
 
 def _typed_error(exc: grpc.RpcError) -> KyodoError:
@@ -343,6 +399,6 @@ def _from_body(body: ErrorBody) -> KyodoError:
         return ContractFailed(body.message, code=body.code)
     if body.code == "not_found":
         return NotFound(body.message, code=body.code)
-    if body.code == "unauthenticated":
+    if body.code == "unauthenticated" or body.code.startswith("auth."):
         return Unauthenticated(body.message, code=body.code)
     return KyodoError(body.message, code=body.code)

@@ -69,7 +69,16 @@ class NotFinal(KyodoError):
 
 
 class Unauthenticated(KyodoError):
-    """The gateway refused the caller's certificate."""
+    """The gateway refused the caller: its TLS certificate (``unauthenticated``) or its
+    signed request (``auth.<reason>``: ``unknown_ca``, ``certificate_expired``,
+    ``revoked``, ``wrong_role``, ``unknown_identity``, ``bad_signature``, ``expired``,
+    ``replayed``, ``wrong_chain``, ``wrong_method``, ``identity_mismatch``, ``malformed``).
+    """
+
+    @property
+    def reason(self) -> str:
+        """The part of the code after ``auth.`` (``unauthenticated`` for a TLS refusal)."""
+        return self.code.partition(".")[2] or self.code
 
 
 class Unavailable(KyodoError):

@@ -12,8 +12,16 @@ Every call is authenticated twice:
 1. the TLS client certificate must be issued by the CA of *this node's*
    organization (a gateway serves its own organization's members; the
    certificate's O and OU name the caller), and
-2. a transaction or query carries the user's signature over its payload,
-   checked against the creator's signing certificate (membership, expiry).
+2. the request itself is signed by the user's key: a transaction or query
+   carries its creator's signature over its payload, every other call is a
+   :class:`~kyodo.wire.SignedRequest` (see :mod:`kyodo.gateway._auth` for the
+   checks and their distinct refusals, replays included). The signer must be
+   of the same organization as the TLS client.
+
+Then the network's ACL (:mod:`kyodo.policy`) decides: each method is a
+resource (``blocks.read``, ``transactions.read``, ``config.read``,
+``node.status``; submit and evaluate per contract and function, checked again
+by the executor at execution). A refusal names the rule.
 
 A refused call ends with a gRPC status code and an :class:`ErrorBody` in the
 ``kyodo-error-bin`` trailer, so the SDK raises a typed error. Each call is
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import grpc
@@ -38,8 +47,16 @@ from cryptography.x509.oid import NameOID
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
-from kyodo.identity import IdentityError, load_certificate
-from kyodo.ledger import TransactionRejectedError
+from kyodo.gateway._auth import (
+    AuthContext,
+    ReplayGuard,
+    RequestRejectedError,
+    check_request,
+    request_id,
+)
+from kyodo.identity import IdentityError, Member, load_certificate
+from kyodo.ledger import CheckedTx, TransactionRejectedError, check_envelope
+from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     GATEWAY_SERVICE,
     MAX_REQUEST_BYTES,
@@ -49,6 +66,7 @@ from kyodo.wire import (
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
+    SignedRequest,
     StatusRequest,
     SubmitRequest,
     TxEnvelope,
@@ -61,6 +79,8 @@ __all__ = ["ERROR_TRAILER", "GatewayBackend", "GatewayError", "GatewayServer"]
 
 log = structlog.get_logger("kyodo.gateway")
 ERROR_TRAILER = "kyodo-error-bin"
+_signer: ContextVar[str] = ContextVar("kyodo_gateway_signer", default="")
+"""org/role/name of the request's verified signer, for the audit record."""
 
 
 class GatewayError(Exception):
@@ -79,7 +99,7 @@ class GatewayBackend(Protocol):
 
     async def submit(self, envelope: TxEnvelope, wait_ms: int) -> TxStatusResponse: ...
 
-    async def evaluate(self, envelope: TxEnvelope) -> EvaluateResponse: ...
+    async def evaluate(self, checked: CheckedTx) -> EvaluateResponse: ...
 
     async def tx_status(self, tx_id: bytes, wait_ms: int) -> TxStatusResponse: ...
 
@@ -92,6 +112,8 @@ class GatewayBackend(Protocol):
     def current_config(self) -> ConfigResponse: ...
 
     def is_revoked(self, org: str, serial: int) -> bool: ...
+
+    def auth_context(self) -> AuthContext: ...
 
 
 class GatewayServer:
@@ -119,12 +141,13 @@ class GatewayServer:
         handlers = {
             "Submit": self._unary(self._submit),
             "Evaluate": self._unary(self._evaluate),
-            "TxStatus": self._unary(self._tx_status),
-            "GetBlock": self._unary(self._get_block),
-            "GetTransaction": self._unary(self._get_tx),
-            "NodeStatus": self._unary(self._node_status),
-            "GetConfig": self._unary(self._get_config),
+            "TxStatus": self._signed("TxStatus", "transactions.read", self._tx_status),
+            "GetBlock": self._signed("GetBlock", "blocks.read", self._get_block),
+            "GetTransaction": self._signed("GetTransaction", "transactions.read", self._get_tx),
+            "NodeStatus": self._signed("NodeStatus", "node.status", self._node_status),
+            "GetConfig": self._signed("GetConfig", "config.read", self._get_config),
         }
+        self._replays = ReplayGuard()
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(GATEWAY_SERVICE, handlers),)
         )
@@ -146,11 +169,39 @@ class GatewayServer:
 
     # -- plumbing --------------------------------------------------------------------
 
+    def _signed(
+        self, method: str, resource: str, fn: Callable[[bytes, Member], Awaitable[Any]]
+    ) -> grpc.RpcMethodHandler:
+        """A method whose request is a SignedRequest, guarded by the ACL of ``resource``."""
+
+        async def checked(request: bytes, tls_caller: str) -> Any:
+            signed = _decode(SignedRequest, request)
+            context = self._backend.auth_context()
+            now = _now_ms()
+            try:
+                payload, member = check_request(signed, method=method, context=context, now_ms=now)
+                _check_same_org(member, tls_caller)
+                self._replays.admit(
+                    request_id(signed),
+                    created_ms=payload.created_ms,
+                    now_ms=now,
+                    window_ms=context.max_age_ms,
+                )
+            except RequestRejectedError as exc:
+                raise _auth_refused(exc) from exc
+            _signer.set(_name(member))
+            _check_acl(context, resource, member)
+            return await fn(payload.body, member)
+
+        checked.__name__ = method
+        return self._unary(checked)
+
     def _unary(self, fn: Callable[[bytes, str], Awaitable[Any]]) -> grpc.RpcMethodHandler:
         name = fn.__name__.lstrip("_")
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
+            _signer.set("")
             caller = _presented(context)  # until authenticated: who the certificate claims
             try:
                 caller = self._authenticate(context)
@@ -175,6 +226,7 @@ class GatewayServer:
                 "audit",
                 method=name,
                 caller=caller,
+                signer=_signer.get(),
                 peer=context.peer(),
                 decision="allowed",
                 subject=_subject(response),
@@ -198,6 +250,7 @@ class GatewayServer:
             "audit",
             method=method,
             caller=caller,
+            signer=_signer.get(),
             peer=context.peer(),
             decision="refused",
             code=exc.code,
@@ -249,13 +302,37 @@ class GatewayServer:
             return await self._backend.submit(req.envelope, req.wait_ms)
         except TransactionRejectedError as exc:
             raise _rejected(exc) from exc
+        except AccessDeniedError as exc:
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc)
+            ) from exc
 
     async def _evaluate(self, request: bytes, caller: str) -> EvaluateResponse:
         envelope = _decode(TxEnvelope, request)
+        context = self._backend.auth_context()
+        now = _now_ms()
         try:
-            return await self._backend.evaluate(envelope)
+            checked = check_envelope(
+                envelope,
+                membership=context.membership,
+                chain_id=context.chain_id,
+                now_ms=now,
+                max_age_ms=context.max_age_ms,
+            )
         except TransactionRejectedError as exc:
             raise _rejected(exc) from exc
+        _signer.set(_name(checked.creator))
+        try:
+            self._replays.admit(
+                checked.tx_id,
+                created_ms=checked.tx.created_ms,
+                now_ms=now,
+                window_ms=context.max_age_ms,
+            )
+        except RequestRejectedError as exc:
+            raise _auth_refused(exc) from exc
+        try:
+            return await self._backend.evaluate(checked)
         except UnknownContractError as exc:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "unknown_function", str(exc)) from exc
         except AccessDeniedError as exc:
@@ -267,11 +344,11 @@ class GatewayServer:
                 grpc.StatusCode.FAILED_PRECONDITION, "contract_error", str(exc)
             ) from exc
 
-    async def _tx_status(self, request: bytes, caller: str) -> TxStatusResponse:
+    async def _tx_status(self, request: bytes, caller: Member) -> TxStatusResponse:
         req = _decode(StatusRequest, request)
         return await self._backend.tx_status(req.tx_id, req.wait_ms)
 
-    async def _get_block(self, request: bytes, caller: str) -> BlockResponse:
+    async def _get_block(self, request: bytes, caller: Member) -> BlockResponse:
         req = _decode(BlockRequest, request)
         raw = await self._backend.get_block(req.height)
         if raw is None:
@@ -280,7 +357,7 @@ class GatewayServer:
             )
         return BlockResponse(block=raw)
 
-    async def _get_tx(self, request: bytes, caller: str) -> TxResponse:
+    async def _get_tx(self, request: bytes, caller: Member) -> TxResponse:
         req = _decode(TxRequest, request)
         found = await self._backend.get_tx(req.tx_id)
         if found is None:
@@ -291,10 +368,10 @@ class GatewayServer:
             )
         return found
 
-    async def _node_status(self, request: bytes, caller: str) -> NodeStatus:
+    async def _node_status(self, request: bytes, caller: Member) -> NodeStatus:
         return self._backend.status()
 
-    async def _get_config(self, request: bytes, caller: str) -> ConfigResponse:
+    async def _get_config(self, request: bytes, caller: Member) -> ConfigResponse:
         return self._backend.current_config()
 
 
@@ -305,6 +382,46 @@ def _decode(cls: type[Any], data: bytes) -> Any:
         raise GatewayError(
             grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"malformed {cls.__name__}: {exc}"
         ) from exc
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_AUTH_STATUS = {
+    "wrong_role": grpc.StatusCode.PERMISSION_DENIED,
+    "identity_mismatch": grpc.StatusCode.PERMISSION_DENIED,
+    "malformed": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def _auth_refused(exc: RequestRejectedError) -> GatewayError:
+    status = _AUTH_STATUS.get(exc.reason, grpc.StatusCode.UNAUTHENTICATED)
+    return GatewayError(status, f"auth.{exc.reason}", str(exc))
+
+
+def _name(member: Member) -> str:
+    return f"{member.org}/{member.role}/{member.name}"
+
+
+def _check_same_org(member: Member, tls_caller: str) -> None:
+    """The request's signer belongs to the organization of the TLS client."""
+    tls_org = tls_caller.split("/", 1)[0]
+    if member.org != tls_org:
+        raise RequestRejectedError(
+            f"request signed by {member.org}/{member.name} over a TLS connection of {tls_org}: "
+            "a gateway serves its own organization's members",
+            reason="identity_mismatch",
+        )
+
+
+def _check_acl(context: AuthContext, resource: str, member: Member) -> None:
+    try:
+        context.acl.check(
+            resource, Identity(org=member.org, role=str(member.role), name=member.name)
+        )
+    except AccessRefused as exc:
+        raise GatewayError(grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc)) from exc
 
 
 def _rejected(exc: TransactionRejectedError) -> GatewayError:

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_TX_BYTES",
     "CheckedTx",
     "PreparedState",
+    "check_creator",
     "check_envelope",
     "compute_results_root",
     "compute_txs_root",
@@ -102,7 +103,7 @@ def check_envelope(
         )
     if len(tx.nonce) != 16:
         raise TransactionRejectedError("transaction nonce must be 16 bytes", reason="malformed")
-    creator = _check_creator(tx, membership=membership, now_ms=now_ms)
+    creator = check_creator(tx.creator, membership=membership, now_ms=now_ms)
     try:
         verify_signature(ED25519, creator.public_key, envelope.payload, envelope.signature)
     except CryptoError as exc:
@@ -122,7 +123,7 @@ def recheck_envelope(
     Its bytes and signature cannot have changed; what depends on time can: the
     creator's certificate may have expired, the transaction may have grown too old.
     """
-    creator = _check_creator(checked.tx, membership=membership, now_ms=now_ms)
+    creator = check_creator(checked.tx.creator, membership=membership, now_ms=now_ms)
     _check_age(checked.tx, now_ms=now_ms, max_age_ms=max_age_ms)
     return CheckedTx(tx_id=checked.tx_id, envelope=checked.envelope, tx=checked.tx, creator=creator)
 
@@ -136,9 +137,13 @@ _CREATOR_REASONS: tuple[tuple[type[IdentityError], str], ...] = (
 """Which refusal a client sees for each kind of unacceptable creator certificate."""
 
 
-def _check_creator(tx: Transaction, *, membership: Membership, now_ms: int) -> Member:
+def check_creator(creator: bytes, *, membership: Membership, now_ms: int) -> Member:
+    """The member a signing certificate names, if it may sign transactions and requests
+    at ``now_ms``; raise TransactionRejectedError with a distinct reason otherwise
+    (``unknown_ca``, ``certificate_expired``, ``revoked``, ``wrong_role``,
+    ``unknown_identity``)."""
     try:
-        member = membership.validate(tx.creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+        member = membership.validate(creator, now=datetime.fromtimestamp(now_ms / 1000, UTC))
     except IdentityError as exc:
         reason = next(
             (r for kind, r in _CREATOR_REASONS if isinstance(exc, kind)), "unknown_identity"

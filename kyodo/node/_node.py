@@ -58,7 +58,7 @@ from kyodo.consensus import (
     ViewChange,
     WalState,
 )
-from kyodo.contracts import BUILTIN_CONTRACTS, Executor
+from kyodo.contracts import BUILTIN_CONTRACTS, AccessDeniedError, Executor
 from kyodo.crypto import (
     ED25519,
     ZERO_HASH,
@@ -72,7 +72,7 @@ from kyodo.crypto import (
     sha256,
     verify_signature,
 )
-from kyodo.gateway import GatewayServer
+from kyodo.gateway import AuthContext, GatewayServer
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
     CONFIG_CONTRACT,
@@ -106,6 +106,7 @@ from kyodo.ledger import (
 from kyodo.node._config import NodeConfig
 from kyodo.node._metrics import NodeMetrics
 from kyodo.p2p import PeerAddress, PeerNetwork, client_context, server_context
+from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     ConfigResponse,
     EvaluateResponse,
@@ -925,6 +926,14 @@ class Node:
         """Check a transaction for ordering (signature, creator, freshness, replay, and for
         a configuration change the admin policy, so the admin hears at once)."""
         checked = self._check(envelope, now_ms())
+        creator, tx = checked.creator, checked.tx
+        try:  # the executor decides at execution; refusing now spares a block its failure
+            self._current.acl.check(
+                f"submit/{tx.contract}/{tx.function}",
+                Identity(org=creator.org, role=str(creator.role), name=creator.name),
+            )
+        except AccessRefused as exc:
+            raise AccessDeniedError(str(exc), rule=exc.rule) from exc
         if _is_config_change(checked):
             check_config_update(self._current, tuple(checked.tx.args), now_ms=now_ms())
         tx_id = checked.tx_id
@@ -983,9 +992,9 @@ class Node:
                 if not waiters:
                     self._waiters.pop(tx_id, None)
 
-    async def evaluate(self, envelope: TxEnvelope) -> EvaluateResponse:
-        """Run a query against committed state (nothing is written)."""
-        checked = self._check(envelope, now_ms())
+    async def evaluate(self, checked: CheckedTx) -> EvaluateResponse:
+        """Run a query (authenticated by the gateway) against committed state; nothing
+        is written. The executor applies the ACL and the function's access rules."""
 
         def run() -> EvaluateResponse:
             height = self.store.height()
@@ -1061,6 +1070,15 @@ class Node:
             config=encode(config),
             epoch=config.epoch,
             in_force_from=self._epochs.latest_first_height(),
+        )
+
+    def auth_context(self) -> AuthContext:
+        """The configuration in force, as the gateway checks calls against it."""
+        return AuthContext(
+            chain_id=self.chain_id,
+            membership=self._current.membership,
+            max_age_ms=self._current.config.consensus.tx_max_age_ms,
+            acl=self._current.acl,
         )
 
     def is_revoked(self, org: str, serial: int) -> bool:

@@ -22,6 +22,8 @@ __all__ = [
     "ErrorBody",
     "EvaluateResponse",
     "NodeStatus",
+    "RequestPayload",
+    "SignedRequest",
     "StatusRequest",
     "SubmitRequest",
     "TxRequest",
@@ -158,3 +160,33 @@ class ErrorBody:
     """Stable, documented code (docs/errors.md): ``unauthenticated``, ``rejected.<reason>``,
     ``not_found``, ``contract_error``, ``unknown_function``, ``malformed``."""
     message: str
+
+
+@record(71)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestPayload:
+    """A gateway call other than submit and evaluate (which carry a signed transaction),
+    as its caller signs it."""
+
+    chain_id: str
+    """The network the call is for; a gateway of another network refuses it."""
+    method: str
+    """The gateway method (``GetBlock``...); a signature for one method is no good for
+    another."""
+    body: bytes
+    """The method's request record, canonically encoded."""
+    nonce: bytes
+    """16 random bytes: the gateway refuses a nonce it saw within the freshness window."""
+    created_ms: int
+    """The caller's clock at signing (ms since the epoch); outside the window: refused."""
+    creator: bytes
+    """DER signing certificate of the caller, issued by a member organization's CA."""
+
+
+@record(72)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedRequest:
+    """A :class:`RequestPayload` and the caller's Ed25519 signature over its bytes."""
+
+    payload: bytes
+    signature: bytes

@@ -162,3 +162,81 @@ def test_the_owner_can_object_and_the_recovery_cannot_complete(network):
     assert done.returncode == 1 and "objected" in done.stderr
     with network.gateway("org4", "dave") as gw:  # dave's key still works
         assert gw.contract("asset_transfer").submit("create_account", "dave-acct")
+
+
+def test_every_read_is_signed_and_each_bad_request_has_its_own_refusal(network):
+    from dataclasses import replace
+
+    from kyodo.client import connect
+    from kyodo.codec import encode
+    from kyodo.wire import BlockRequest, BlockResponse, EvaluateResponse
+
+    body = encode(BlockRequest(height=0))
+    with network.gateway("org1", retries=0) as gw:
+        signed = gw.sign_request("GetBlock", body)
+        assert gw.call("GetBlock", signed, BlockResponse, retries=0).block
+        refusals = {
+            "replayed": signed,
+            "bad_signature": replace(gw.sign_request("GetBlock", body), signature=b"\0" * 64),
+            "wrong_method": gw.sign_request("GetConfig", body),
+        }
+        for reason, request in refusals.items():
+            with pytest.raises(Unauthenticated) as refused:
+                gw.call("GetBlock", request, BlockResponse, retries=0)
+            assert refused.value.code == f"auth.{reason}", refused.value
+        query = gw.sign("asset_transfer", "balance", ("nobody",))
+        with pytest.raises(KyodoError):  # no such account: a contract failure, but heard
+            gw.call("Evaluate", query, EvaluateResponse, retries=0)
+        with pytest.raises(Unauthenticated) as replayed:
+            gw.call("Evaluate", query, EvaluateResponse, retries=0)
+        assert replayed.value.code == "auth.replayed"
+    org1, org2 = network.user("org1"), network.user("org2")
+    with (  # org1's TLS connection, org2's signature
+        connect(org2.identity, org2.signer, network.node("org1").gateway, tls=org1.tls) as gw,
+        pytest.raises(KyodoError) as mismatch,
+    ):
+        gw.block(0)
+    assert mismatch.value.code == "auth.identity_mismatch", mismatch.value
+
+
+def test_acls_set_by_configuration_guard_reads_and_submits_naming_the_rule(network):
+    from kyodo.client import AccessDenied
+
+    folder = network.folder
+    assert kyodo("ca", "issue", "ann", "--org", "org1", "--role", "auditor", folder=folder)
+    changed = kyodo("acl", "set", "blocks.read", "'*.auditor'", folder=folder)
+    assert changed.returncode == 0, changed.stderr
+    changed = kyodo(
+        "acl", "set", "submit/asset_transfer/create_account", "'org1.member'", folder=folder
+    )
+    assert changed.returncode == 0, changed.stderr
+    listed = json.loads(kyodo("acl", "list", "--json", folder=folder).stdout)
+    assert {"resource": "blocks.read", "policy": "'*.auditor'", "source": "configuration"} in (
+        listed
+    )
+
+    def refused_read() -> bool:
+        with network.gateway("org1", retries=0) as gw:
+            try:
+                gw.block(0)
+            except AccessDenied as exc:
+                assert "ACL rule 'blocks.read'" in str(exc), exc
+                return True
+            return False
+
+    wait_until(refused_read, timeout_s=30, what="the blocks.read rule in force at org1's gateway")
+    with network.gateway("org1", "ann") as gw:  # the auditor reads
+        assert gw.block(0)
+    with network.gateway("org2", retries=0) as gw, pytest.raises(AccessDenied) as denied:
+        gw.contract("asset_transfer").submit("create_account", "org2-denied")
+    assert "ACL rule 'submit/asset_transfer/create_account'" in str(denied.value)
+    with network.gateway("org1") as gw:
+        gw.contract("asset_transfer").submit("create_account", "org1-allowed")
+        assert gw.contract("asset_transfer").evaluate("balance", "org1-allowed") == 0
+    for resource in ("blocks.read", "submit/asset_transfer/create_account"):
+        reset = kyodo("acl", "reset", resource, folder=folder)
+        assert reset.returncode == 0, reset.stderr
+    bad = kyodo("acl", "set", "blocks.write", "'*.admin'", folder=folder)
+    assert bad.returncode == 1 and "unknown ACL resource" in bad.stderr
+    wait_until(lambda: not refused_read(), timeout_s=30, what="blocks.read back to its default")
+    wait_converged(network)
