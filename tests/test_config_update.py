@@ -180,3 +180,30 @@ def test_access_rules_travel_in_the_configuration_and_bad_ones_are_refused(net, 
         raw = encode(next_config(current, acls=(bad,)))
         with pytest.raises(TransactionRejectedError, match=says):
             check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))
+
+
+def test_removing_an_organization_the_admin_policy_needs_is_refused(net, current):
+    policy = "AND('org1.admin', 'org4.admin')"
+    governed = replace(current, admin_policy=policy)
+    remaining = tuple(o for o in current.orgs if o.org_id != "org4")
+    raw = encode(
+        next_config(
+            governed,
+            orgs=remaining,
+            nodes=tuple(n for n in current.nodes if n.org_id != "org4"),
+        )
+    )
+    with pytest.raises(TransactionRejectedError, match="could never satisfy"):
+        check(governed, raw, approvals(net, raw, current.chain_id, ["org1", "org4"]))
+    # with a policy the remaining organizations can meet, org4 can be removed
+    raw = encode(
+        next_config(
+            governed,
+            orgs=remaining,
+            nodes=tuple(n for n in current.nodes if n.org_id != "org4"),
+            admin_policy="OutOf(2, 'org1.admin', 'org2.admin', 'org3.admin')",
+            allow_fragile_topology=True,  # 3 organizations: losing one leaves no tolerance
+        )
+    )
+    new = check(governed, raw, approvals(net, raw, current.chain_id, ["org1", "org4"]))
+    assert [o.org_id for o in new.orgs] == ["org1", "org2", "org3"]

@@ -327,6 +327,24 @@ def network_remove_validator(node: str, folder: DirOption = DEFAULT_DIR) -> None
     )
 
 
+@network_app.command("remove-org")
+def network_remove_org(org: str, folder: DirOption = DEFAULT_DIR) -> None:
+    """Remove an organization and its nodes while the network runs (a configuration
+    change under the admin policy); its nodes are stopped once it is ordered."""
+    try:
+        net = LocalNetwork(folder)
+        with _progress() as progress:
+            task = progress.add_task(f"removing {org}", total=None)
+            new = net.remove_org(org, lambda m: progress.update(task, description=m))
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+    console.print(
+        f"{org} left the network at configuration epoch {new.epoch}; members: "
+        f"{', '.join(o.org_id for o in new.orgs)}; validators: "
+        f"{', '.join(n.node_id for n in new.validators())}"
+    )
+
+
 @network_app.command("status")
 def network_status(folder: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
     """Each node's id, organization, role, pid, height, tip hash, state root and health."""

@@ -622,6 +622,46 @@ class LocalNetwork:
         self.propose_config(new, current=current, via_org=via)
         return new
 
+    def remove_org(self, org: str, progress: Progress) -> NetworkConfig:
+        """Remove ``org`` and its nodes by a configuration change under the admin policy;
+        once it is ordered, the organization's nodes are stopped. From the next height
+        every node refuses its members (``unknown_ca``) and its nodes' connections; what
+        it wrote stays in the ledger and the state."""
+        if org not in self.orgs:
+            raise KyodoError(
+                f"no organization {org!r}; orgs: {', '.join(self.orgs)}", code="not_found"
+            )
+        via = next((o for o in self.orgs if o != org), None)
+        if via is None:
+            raise KyodoError("the last organization cannot be removed", code="usage")
+        current = self.current_config(via)
+        if org not in {o.org_id for o in current.orgs}:
+            raise KyodoError(f"{org} is not in the configuration", code="not_found")
+        new = replace(
+            current,
+            epoch=current.epoch + 1,
+            created_ms=int(datetime.now(UTC).timestamp() * 1000),
+            orgs=tuple(o for o in current.orgs if o.org_id != org),
+            nodes=tuple(n for n in current.nodes if n.org_id != org),
+        )
+        progress(f"configuration epoch {new.epoch}: {org} leaves, approvals and ordering")
+        self.propose_config(new, current=current, via_org=via)
+        leaving = [n for n in self.nodes if n.org_id == org]
+        for entry in leaving:
+            progress(f"stopping {entry.node_id}")
+            self.stop(entry)
+        path = self.folder / "network.json"
+        doc = json.loads(path.read_text())
+        doc["orgs"] = [o for o in doc["orgs"] if o != org]
+        doc["nodes"] = [n for n in doc["nodes"] if n["org_id"] != org]
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        self.orgs.remove(org)
+        self.nodes = [n for n in self.nodes if n.org_id != org]
+        (self.folder / "ca-bundle.pem").write_bytes(
+            b"".join((self.folder / "orgs" / o / "ca" / "ca.pem").read_bytes() for o in self.orgs)
+        )
+        return new
+
     def set_acl(self, resource: str, policy: str | None, progress: Progress) -> NetworkConfig:
         """Set the rule guarding ``resource`` (None: back to the default) by a
         configuration change approved under the admin policy."""

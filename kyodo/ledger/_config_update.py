@@ -31,7 +31,16 @@ from kyodo.ledger._topology import FragileTopologyError, check_topology
 from kyodo.ledger._types import Block, NetworkConfig
 from kyodo.ledger._verify import CheckedTx
 from kyodo.ledger.errors import BlockVerificationError, LedgerError, TransactionRejectedError
-from kyodo.policy import Identity, OutOf, Policy, PolicyError, Principal, evaluate, parse_policy
+from kyodo.policy import (
+    MAX_SIGNERS,
+    Identity,
+    OutOf,
+    Policy,
+    PolicyError,
+    Principal,
+    evaluate,
+    parse_policy,
+)
 
 __all__ = [
     "CONFIG_CONTRACT",
@@ -66,6 +75,17 @@ def admin_policy_of(config: NetworkConfig) -> Policy:
     return OutOf(k=required_approvals(config), items=admins)
 
 
+def _every_admin(config: NetworkConfig) -> list[Identity]:
+    """Admins of every organization of ``config`` (a few each, within the evaluator's
+    signer limit), to tell whether its admin policy can be satisfied at all."""
+    per_org = max(1, min(4, MAX_SIGNERS // max(1, len(config.orgs))))
+    return [
+        Identity(org=o.org_id, role="admin", name=f"admin{i}")
+        for o in config.orgs
+        for i in range(per_org)
+    ][:MAX_SIGNERS]
+
+
 def check_config_update(
     current: ConfigView, args: tuple[Any, ...], *, now_ms: int
 ) -> NetworkConfig:
@@ -91,9 +111,15 @@ def check_config_update(
     if new.epoch != old.epoch + 1:
         raise _rejected(f"the configuration says epoch {new.epoch}; {old.epoch + 1} is next")
     try:
-        admin_policy_of(new)
+        policy = admin_policy_of(new)
+        can_approve = evaluate(policy, _every_admin(new)).allowed
     except PolicyError as exc:
         raise _rejected(f"the new admin policy does not parse: {exc}") from exc
+    if not can_approve:
+        raise _rejected(
+            f"the admins of the organizations of the new configuration could never satisfy "
+            f"its admin policy {policy}: no further change could be approved"
+        )
     try:
         ConfigView.of(new)
         check_topology(new, allow_fragile=new.allow_fragile_topology)

@@ -9,6 +9,7 @@ from kyodo.policy._acl import (
 )
 from kyodo.policy._policy import (
     MAX_POLICY_CHARS,
+    MAX_SIGNERS,
     ROLES,
     Decision,
     Identity,
@@ -23,6 +24,7 @@ from kyodo.policy.errors import PolicyError, PolicySyntaxError
 __all__ = [
     "DEFAULT_ACLS",
     "MAX_POLICY_CHARS",
+    "MAX_SIGNERS",
     "RESOURCES",
     "ROLES",
     "AccessRefused",

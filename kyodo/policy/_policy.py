@@ -32,6 +32,7 @@ from kyodo.policy.errors import PolicyError, PolicySyntaxError
 
 __all__ = [
     "MAX_POLICY_CHARS",
+    "MAX_SIGNERS",
     "ROLES",
     "Decision",
     "Identity",

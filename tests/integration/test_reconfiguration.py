@@ -175,3 +175,35 @@ def test_a_change_submitted_through_a_follower_leaves_its_pool(network):
         timeout_s=10,
         what="the follower's pool to drop the ordered change",
     )
+
+
+def test_an_organization_is_removed_while_applications_keep_working(network):
+    from kyodo.client import connect
+
+    with network.gateway("org5") as gw:  # org5 holds an account the ledger keeps
+        gw.contract("asset_transfer").submit("create_account", "org5-kept")
+    org5 = network.user("org5")
+    app = network.gateway("org1")  # an application of another organization, unchanged
+    contract = app.contract("asset_transfer")
+    contract.submit("create_account", "before-org5-left")
+    removed = kyodo("network", "remove-org", "org5", folder=network.folder)
+    assert removed.returncode == 0 and "org5 left the network" in removed.stdout, removed.stderr
+    assert "org5" not in network.__class__(network.folder).orgs
+    new = network.current_config()
+    assert [o.org_id for o in new.orgs] == ["org1", "org2", "org3", "org4"]
+    assert all(n.org_id != "org5" for n in new.nodes)
+    contract.submit("create_account", "after-org5-left")  # the same object, still working
+    assert contract.evaluate("account", "org5-kept")["owner"] == "org5/user1"
+    envelope = connect(org5.identity, org5.signer, "unused:1", tls=org5.tls).sign(
+        "asset_transfer", "create_account", ("org5-after",)
+    )
+    with pytest.raises(TransactionRejected) as refused:  # its members are strangers now
+        app.submit_envelope(envelope)
+    assert refused.value.reason == "unknown_ca", refused.value
+    app.close()
+    network.nodes = [n for n in network.nodes if n.org_id != "org5"]
+    for child in network._children.values():  # reap the org5 node the command stopped
+        child.poll()
+    wait_converged(network)
+    for node in network.nodes:  # offline verification follows the organization leaving
+        assert kyodo("verify", node.node_id, "--json", folder=network.folder).returncode == 0
