@@ -758,3 +758,65 @@ def test_a_revocation_list_not_signed_by_the_orgs_ca_is_refused() -> None:
         )
     with pytest.raises(InvalidCACertificateError, match="cannot be read"):
         Membership({"org1": _ca("org1").cert_pem}, crls={"org1": b"not a crl"})
+
+
+# -- intermediate CAs ------------------------------------------------------------------
+
+
+@cache
+def _root_with_intermediate(org: str) -> tuple[CertificateAuthority, CertificateAuthority]:
+    root = CertificateAuthority.create(org, now=NOW - timedelta(days=1), path_length=1)
+    return root, root.create_intermediate(now=NOW - timedelta(days=1))
+
+
+def test_a_member_issued_by_an_intermediate_is_a_member_of_the_roots_organization() -> None:
+    root, issuing = _root_with_intermediate("org1")
+    assert issuing.trust_pem == root.cert_pem + issuing.cert_pem
+    constraints = load_certificate(issuing.cert_pem).extensions.get_extension_for_class(
+        x509.BasicConstraints
+    )
+    assert constraints.value.ca and constraints.value.path_length == 0
+    pem = issuing.issue_signing_cert(
+        name="dave", role=Role.CLIENT, public_key=_signing_key("dave").public_key(), now=NOW
+    )
+    members = Membership({"org1": issuing.trust_pem, "org2": _ca("org2").cert_pem})
+    member = members.validate(pem, now=NOW)
+    assert (member.org, member.name) == ("org1", "dave")
+    # the root alone does not vouch for what its intermediate issued
+    with pytest.raises(identity.UnknownCAError):
+        Membership({"org1": root.cert_pem}).validate(pem, now=NOW)
+    # and the root still issues directly
+    direct = root.issue_signing_cert(
+        name="erin", role=Role.ADMIN, public_key=_signing_key("erin").public_key(), now=NOW
+    )
+    assert members.validate(direct, now=NOW).role is Role.ADMIN
+
+
+def test_intermediates_must_come_from_the_root_and_be_allowed_by_it() -> None:
+    _, issuing = _root_with_intermediate("org1")
+    other_root, _ = _root_with_intermediate("org2")
+    with pytest.raises(InvalidCACertificateError, match="not issued by org1's root"):
+        Membership({"org1": _ca("org1").cert_pem + issuing.cert_pem})
+    with pytest.raises(InvalidCACertificateError, match="may not certify"):
+        _ca("org1").create_intermediate(now=NOW)  # a pathlen=0 root
+    with pytest.raises(InvalidCACertificateError, match="may not certify"):
+        issuing.create_intermediate(now=NOW)  # one level only
+    with pytest.raises(InvalidCACertificateError):  # org2's root and intermediate as org1's
+        Membership({"org1": other_root.cert_pem + other_root.create_intermediate(now=NOW).cert_pem})
+    with pytest.raises(ValueError, match="path_length"):
+        CertificateAuthority.create("org1", now=NOW, path_length=2)
+
+
+def test_revoking_an_intermediate_refuses_everything_it_issued() -> None:
+    root, issuing = _root_with_intermediate("org1")
+    pem = issuing.issue_signing_cert(
+        name="fay", role=Role.CLIENT, public_key=_signing_key("fay").public_key(), now=NOW
+    )
+    crl = root.revocation_list([load_certificate(issuing.cert_pem).serial_number], now=NOW)
+    revoking = Membership({"org1": issuing.trust_pem}, crls={"org1": crl})
+    with pytest.raises(identity.CertificateRevokedError, match="intermediate CA"):
+        revoking.validate(pem, now=NOW)
+    # a CRL signed by the intermediate is the organization's too
+    own = issuing.revocation_list([load_certificate(pem).serial_number], now=NOW)
+    with pytest.raises(identity.CertificateRevokedError):
+        Membership({"org1": issuing.trust_pem}, crls={"org1": own}).validate(pem, now=NOW)

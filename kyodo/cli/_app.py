@@ -163,6 +163,14 @@ def network_up(
             "--hsm-pin-source", help="Where the token's user PIN comes from: env:VAR, file:PATH."
         ),
     ] = "",
+    intermediate_ca: Annotated[
+        bool,
+        typer.Option(
+            "--intermediate-ca",
+            help="Each organization's root CA certifies an intermediate CA that issues "
+            "every certificate.",
+        ),
+    ] = False,
     folder: DirOption = DEFAULT_DIR,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
 ) -> None:
@@ -185,6 +193,7 @@ def network_up(
                     distinct_hosts=distinct_hosts,
                     admin_policy=admin_policy,
                     hsm=hsm,
+                    intermediate_ca=intermediate_ca,
                     progress=lambda m: progress.update(task, description=m),
                 )
                 progress.update(task, description="keys, certificates and genesis ready")

@@ -1,6 +1,8 @@
 """``kyodo ca``: an organization's certificate authority on a local network.
 
-Issues member certificates (role in the certificate) and revokes them. A
+Creates an organization's CA (``init``: a root, optionally with an intermediate
+that issues, so the root key can go offline), issues member certificates
+(role in the certificate) and revokes them. A
 revocation is a new CRL of the organization, signed by its CA and carried in
 the network configuration by a change approved under the admin policy: every
 node refuses the revoked certificates from the height it is in force.
@@ -35,6 +37,34 @@ def _network(folder: DirOption) -> LocalNetwork:
     except KyodoError as exc:
         _fail(f"{exc} [{exc.code}]")
         raise
+
+
+@ca_app.command("init")
+def ca_init(
+    org: OrgArg,
+    intermediate: Annotated[
+        bool,
+        typer.Option(
+            "--intermediate",
+            help="The root certifies an intermediate CA that issues every certificate "
+            "(the root key can then stay offline).",
+        ),
+    ] = False,
+    folder: DirOption = DEFAULT_DIR,
+) -> None:
+    """Create the CA of ORG, a new organization, with its admin and user1; bring it in
+    with `kyodo network add-validator --org ORG`."""
+    net = _network(folder)
+    try:
+        where = net.init_org(org, intermediate=intermediate)
+    except KyodoError as exc:
+        _fail(f"{exc} [{exc.code}]")
+        return
+    kind = "root and intermediate CA" if intermediate else "root CA"
+    console.print(
+        f"{org}: {kind} in {where / 'ca'}; admin and user1 in {where / 'users'}. "
+        f"Join the network with: kyodo network add-validator --org {org}"
+    )
 
 
 @ca_app.command("issue")

@@ -6,7 +6,10 @@ Layout of a network folder::
     genesis.block                 the genesis block every node starts from
     ca-bundle.pem                 every organization's CA certificate
     orgs/<org>/passphrase         the org's key passphrase (mode 0600; dev networks only)
-    orgs/<org>/ca/ca.pem|ca.key   the org's root CA (key encrypted)
+    orgs/<org>/ca/ca.pem|ca.key   the org's trust bundle (root CA, then its intermediate if
+                                  any) and the issuing CA's key (encrypted)
+    orgs/<org>/ca/root.key        with an intermediate: the root CA's key (encrypted; move
+                                  it offline: only a new intermediate needs it)
     orgs/<org>/users/<name>/      admin and user1: signing.pem|key, tls.pem|key
     nodes/<node>/                 node.json, keys, data/ (RocksDB), node.pid,
                                   node.log (JSON lines), node.stderr.log (gRPC core, crashes)
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -163,10 +167,13 @@ def create_network(
     distinct_hosts: bool = False,
     admin_policy: str = "",
     hsm: HsmSettings | None = None,
+    intermediate_ca: bool = False,
 ) -> LocalNetwork:
     """Generate a network of ``orgs`` organizations with ``validators_per_org`` validator
     nodes each. A topology in which one organization holds more than f votes is refused
-    (before anything is written) unless ``allow_fragile_topology``."""
+    (before anything is written) unless ``allow_fragile_topology``. With
+    ``intermediate_ca`` each organization's root CA certifies an intermediate CA that
+    issues every certificate."""
     if (folder / "network.json").exists():
         raise KyodoError(
             f"{folder} already holds a network; `kyodo network down --purge` first", code="exists"
@@ -191,9 +198,9 @@ def create_network(
     for i in range(1, orgs + 1):
         org_id = f"org{i}"
         progress(f"organization {org_id}: CA, node and user certificates")
-        org = _create_org(folder, org_id, now)
+        org = _create_org(folder, org_id, now, intermediate=intermediate_ca)
         ca, passphrase, salt = org.ca, org.passphrase, org.salt
-        org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.cert_pem))
+        org_infos.append(OrgInfo(org_id=org_id, ca_cert_pem=ca.trust_pem))
         for j in range(validators_per_org):
             node_id = f"{org_id}-node{j}"
             host = f"127.0.0.{10 + len(nodes) + 1}" if distinct_hosts else "127.0.0.1"
@@ -279,8 +286,9 @@ class _Org:
     salt: bytes
 
 
-def _create_org(folder: Path, org_id: str, now: datetime) -> _Org:
-    """An organization's CA, passphrase, admin and user1, in ``folder/orgs/org_id``."""
+def _create_org(folder: Path, org_id: str, now: datetime, *, intermediate: bool = False) -> _Org:
+    """An organization's CA (a root, or a root and its intermediate), passphrase, admin
+    and user1, in ``folder/orgs/org_id``."""
     org_dir = folder / "orgs" / org_id
     org_dir.mkdir(parents=True, exist_ok=True)
     passphrase = secrets.token_hex(24).encode()
@@ -288,9 +296,14 @@ def _create_org(folder: Path, org_id: str, now: datetime) -> _Org:
     pass_file.touch(mode=0o600)
     pass_file.write_bytes(passphrase)
     salt = os.urandom(16)
-    ca = CertificateAuthority.create(org_id, now=now)
     (org_dir / "ca").mkdir(exist_ok=True)
-    (org_dir / "ca" / "ca.pem").write_bytes(ca.cert_pem)
+    if intermediate:
+        root = CertificateAuthority.create(org_id, now=now, path_length=1)
+        save_private_key(org_dir / "ca" / "root.key", root.key, passphrase, salt=salt)
+        ca = root.create_intermediate(now=now)
+    else:
+        ca = CertificateAuthority.create(org_id, now=now)
+    (org_dir / "ca" / "ca.pem").write_bytes(ca.trust_pem)
     save_private_key(org_dir / "ca" / "ca.key", ca.key, passphrase, salt=salt)
     for user, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
         _issue_member(
@@ -312,8 +325,10 @@ def _load_org(folder: Path, org_id: str) -> _Org:
     key_doc = json.loads((org_dir / "ca" / "ca.key").read_text())
     key = load_private_key(org_dir / "ca" / "ca.key", passphrase)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    ca = CertificateAuthority(
-        org=org_id, cert_pem=(org_dir / "ca" / "ca.pem").read_bytes(), key=key
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + b for b in (org_dir / "ca" / "ca.pem").read_bytes().split(marker)[1:]]
+    ca = CertificateAuthority(  # the last certificate of the bundle issues
+        org=org_id, cert_pem=blocks[-1], key=key, chain_pem=b"".join(blocks[:-1])
     )
     return _Org(ca, passphrase, bytes.fromhex(key_doc["salt"]))
 
@@ -492,10 +507,10 @@ class LocalNetwork:
         current = self.current_config(via)
         now = datetime.now(UTC)
         joining = org not in {o.org_id for o in current.orgs}
-        if joining:
+        if joining and not (self.folder / "orgs" / org / "ca" / "ca.pem").exists():
             progress(f"organization {org}: CA, admin and user certificates")
             org_material = _create_org(self.folder, org, now)
-        else:
+        else:  # a member, or an organization prepared with `kyodo ca init`
             org_material = _load_org(self.folder, org)
         index = sum(1 for n in current.nodes if n.org_id == org)
         node_id = f"{org}-node{index}"
@@ -533,7 +548,7 @@ class LocalNetwork:
             validator=True,
         )
         orgs = current.orgs + (
-            (OrgInfo(org_id=org, ca_cert_pem=org_material.ca.cert_pem),) if joining else ()
+            (OrgInfo(org_id=org, ca_cert_pem=org_material.ca.trust_pem),) if joining else ()
         )
         new = replace(
             current,
@@ -691,6 +706,26 @@ class LocalNetwork:
         return new
 
     # -- identities (an organization's CA) -------------------------------------------
+
+    def init_org(self, org: str, *, intermediate: bool) -> Path:
+        """Create the CA (root, and an intermediate if asked), admin and user1 of ``org``,
+        an organization that is not a member yet; ``network add-validator --org`` then
+        brings it in with this CA. Its folder."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", org):
+            raise KyodoError(
+                f"organization id {org!r}: lowercase letters, digits and '-', starting with "
+                "a letter, at most 32",
+                code="usage",
+            )
+        folder = self.folder / "orgs" / org
+        if org in self.orgs or folder.exists():
+            raise KyodoError(f"{org} already has a CA in {folder}", code="exists")
+        try:
+            _create_org(self.folder, org, datetime.now(UTC), intermediate=intermediate)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
 
     def issue_member(self, org: str, name: str, role: Role) -> Path:
         """Issue ``name`` of ``org`` signing and TLS certificates with ``role`` (the CA key

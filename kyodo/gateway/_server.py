@@ -131,7 +131,7 @@ class GatewayServer:
         port: int,
     ) -> None:
         self._backend = backend
-        self._org_ca = x509.load_pem_x509_certificate(org_ca_pem)
+        self._org_cas = x509.load_pem_x509_certificates(org_ca_pem)  # root, intermediates
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -269,7 +269,10 @@ class GatewayServer:
             )
         try:
             cert = load_certificate(pems[0])
-            cert.verify_directly_issued_by(self._org_ca)
+            issuer = next((ca for ca in self._org_cas if ca.subject == cert.issuer), None)
+            if issuer is None:
+                raise ValueError("issued by no CA of this organization")
+            cert.verify_directly_issued_by(issuer)
         except (IdentityError, ValueError, TypeError) as exc:
             raise GatewayError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -286,7 +289,9 @@ class GatewayServer:
             )
         role = _attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
         name = _attr(cert, NameOID.COMMON_NAME)
-        if self._backend.is_revoked(org, cert.serial_number):
+        if self._backend.is_revoked(org, cert.serial_number) or (
+            issuer is not self._org_cas[0] and self._backend.is_revoked(org, issuer.serial_number)
+        ):
             raise GatewayError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unauthenticated",

@@ -1,9 +1,14 @@
-"""An organization's root certificate authority: issues its members' certificates.
+"""An organization's certificate authority: issues its members' certificates.
 
 Each organization (MSP) runs one root CA. Its key is ECDSA P-256 and its
-certificate is self-signed with ``basicConstraints CA=true, pathlen=0`` (it
-signs member certificates only; intermediates are not supported yet). Every
-member gets two certificates, as in Hyperledger Fabric:
+certificate is self-signed with ``basicConstraints CA=true``. With
+``pathlen=0`` (the default) the root signs member certificates itself. With
+``pathlen=1`` it may certify one level of *intermediate* CAs
+(:meth:`CertificateAuthority.create_intermediate`, ``pathlen=0``), which then
+issue the members' certificates, so the root key can stay offline. The
+network configuration lists an organization's trust bundle (root first, then
+its intermediates: :attr:`CertificateAuthority.trust_pem`). Every member gets
+two certificates, as in Hyperledger Fabric:
 
 * a *signing* certificate for an **Ed25519** key, which signs transactions,
   blocks and votes (fast to verify);
@@ -117,7 +122,15 @@ class CertificateAuthority:
     """The CA's self-signed certificate, PEM; what the network configuration lists for ``org``."""
     key: ec.EllipticCurvePrivateKey = field(repr=False, compare=False)
     """The CA's ECDSA P-256 private key; held in memory only, never written by this class."""
+    chain_pem: bytes = b""
+    """For an intermediate CA: the root certificate above it (PEM); empty for a root."""
     _cert: x509.Certificate = field(init=False, repr=False, compare=False)
+
+    @property
+    def trust_pem(self) -> bytes:
+        """What the network configuration lists for the organization: the root
+        certificate, then this intermediate's (PEM bundle)."""
+        return self.chain_pem + self.cert_pem
 
     def __post_init__(self) -> None:
         check_org_id(self.org)
@@ -156,21 +169,30 @@ class CertificateAuthority:
 
     @classmethod
     def create(
-        cls, org: str, *, now: datetime, validity_days: int = DEFAULT_CA_VALIDITY_DAYS
+        cls,
+        org: str,
+        *,
+        now: datetime,
+        validity_days: int = DEFAULT_CA_VALIDITY_DAYS,
+        path_length: int = 0,
     ) -> CertificateAuthority:
         """Create a new root CA for ``org`` with a fresh ECDSA P-256 key.
 
         The certificate is self-signed, subject ``O=<org>, CN=<org> root CA``,
         valid from ``now`` (to the second) for ``validity_days`` days, with
-        ``basicConstraints CA=true, pathlen=0`` and ``keyUsage keyCertSign,
-        cRLSign`` (both critical).
+        ``basicConstraints CA=true, pathlen=<path_length>`` (0: it issues member
+        certificates; 1: it may certify intermediate CAs) and ``keyUsage
+        keyCertSign, cRLSign`` (both critical).
 
         Raises:
             InvalidNameError: ``org`` is not a valid organization id.
-            ValueError: ``now`` is naive or ``validity_days`` is not positive.
+            ValueError: ``now`` is naive, ``validity_days`` is not positive or
+                ``path_length`` is not 0 or 1.
         """
         check_org_id(org)
         _check_validity_days(validity_days)
+        if path_length not in (0, 1):
+            raise ValueError(f"path_length must be 0 or 1, not {path_length}")
         start = require_aware(now).replace(microsecond=0)
         key = ec.generate_private_key(ec.SECP256R1())
         public_key = key.public_key()
@@ -189,7 +211,7 @@ class CertificateAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(start + timedelta(days=validity_days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(_key_usage(cert_sign=True), critical=True)
             .add_extension(ski, critical=False)
             .add_extension(
@@ -199,6 +221,76 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         return cls(org=org, cert_pem=cert.public_bytes(Encoding.PEM), key=key)
+
+    def create_intermediate(
+        self,
+        *,
+        now: datetime,
+        label: str = "issuing",
+        validity_days: int = DEFAULT_CA_VALIDITY_DAYS,
+    ) -> CertificateAuthority:
+        """A new intermediate CA of this root, with a fresh ECDSA P-256 key.
+
+        Subject ``O=<org>, CN=<org> <label> CA``; ``basicConstraints CA=true,
+        pathlen=0``; ``keyUsage keyCertSign, cRLSign``; valid from ``now`` for
+        ``validity_days`` days but never past the root's expiry.
+
+        Raises:
+            InvalidCACertificateError: this CA is itself an intermediate, or a root
+                created with ``pathlen=0`` (it may not certify CAs).
+            InvalidNameError: ``label`` is not a valid member name.
+            CertificateExpiredError: the root is not valid at ``now``.
+        """
+        constraints = self._cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if self.chain_pem or constraints.path_length == 0:
+            raise InvalidCACertificateError(
+                f"the CA of {self.org} may not certify intermediate CAs (pathlen=0): create "
+                "the root with path_length=1",
+                org=self.org,
+            )
+        check_member_name(label)
+        _check_validity_days(validity_days)
+        start = require_aware(now).replace(microsecond=0)
+        root_start, root_end = self._cert.not_valid_before_utc, self._cert.not_valid_after_utc
+        if not root_start <= start <= root_end:
+            raise CertificateExpiredError(
+                f"the root CA of {self.org} is not valid at {start.isoformat()}",
+                not_before=root_start,
+                not_after=root_end,
+            )
+        key = ec.generate_private_key(ec.SECP256R1())
+        public_key = key.public_key()
+        root_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.org),
+                        x509.NameAttribute(NameOID.COMMON_NAME, f"{self.org} {label} CA"),
+                    ]
+                )
+            )
+            .issuer_name(self._cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(min(start + timedelta(days=validity_days), root_end))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return CertificateAuthority(
+            org=self.org,
+            cert_pem=cert.public_bytes(Encoding.PEM),
+            key=key,
+            chain_pem=self.cert_pem,
+        )
 
     def issue_signing_cert(
         self,

@@ -22,10 +22,15 @@ cached by fingerprint (SHA-256 of the DER) in a bounded LRU cache; an input
 that hits the cache is not parsed again (PEM is only base64-decoded). Check 6 depends on time and is
 redone on every call. Failures are not cached.
 
-A certificate is validated against its issuing CA only (no intermediates
-yet). Revocation: an organization's CRL (signed by its CA, carried in the
-network configuration) lists revoked serial numbers; a revoked certificate is
-refused with CertificateRevokedError, also when it hits the cache.
+An organization's entry is its trust bundle: the self-signed root first, then
+any intermediate CAs, each a CA certificate of the same organization issued
+by that root (one level, as the root's ``pathlen`` allows). A member
+certificate may be issued by the root or by one of its intermediates; check 6
+then covers the intermediate's validity and the root's. Revocation: an
+organization's CRL (signed by one of its CAs, carried in the network
+configuration) lists revoked serial numbers; a revoked certificate, or one
+issued by a revoked intermediate, is refused with CertificateRevokedError,
+also when it hits the cache.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class _OrgCA:
     cert: x509.Certificate
     not_before: datetime
     not_after: datetime
+    root: _OrgCA | None = None
+    """For an intermediate: the organization's root CA that issued it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,8 +107,70 @@ def _describe_name(name: x509.Name) -> str:
         return "(unreadable name)"
 
 
+def _load_cas(org: str, bundle: bytes) -> list[_OrgCA]:
+    """An organization's trust bundle: its root, then intermediates issued by it."""
+    check_org_id(org)
+    blocks = _pem_blocks(bundle)
+    root = _load_ca(org, blocks[0])
+    cas = [root]
+    for pem in blocks[1:]:
+        cas.append(_load_intermediate(root, pem))
+    return cas
+
+
+def _pem_blocks(bundle: bytes) -> list[bytes]:
+    """The certificates of a PEM bundle (a DER input is one certificate)."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    if not bytes(bundle).lstrip().startswith(b"-----BEGIN"):
+        return [bytes(bundle)]
+    parts = [marker + part for part in bytes(bundle).split(marker)[1:]]
+    return parts or [bytes(bundle)]
+
+
+def _load_intermediate(root: _OrgCA, pem: bytes) -> _OrgCA:
+    org = root.org
+    try:
+        cert = load_certificate(pem)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        root_constraints = root.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        subject_org = single_attribute(cert.subject, NameOID.ORGANIZATION_NAME, "organization")
+        cert.verify_directly_issued_by(root.cert)
+    except x509.ExtensionNotFound:
+        raise InvalidCACertificateError(
+            f"an intermediate CA certificate of {org} has no basicConstraints extension",
+            org=org,
+        ) from None
+    except _UNREADABLE as exc:
+        raise InvalidCACertificateError(
+            f"an intermediate CA certificate of {org} is unusable: it cannot be read or is "
+            f"not issued by {org}'s root CA ({exc or type(exc).__name__})",
+            org=org,
+        ) from exc
+    if not constraints.ca or constraints.path_length != 0:
+        raise InvalidCACertificateError(
+            f"an intermediate CA certificate of {org} must be a CA with pathlen=0", org=org
+        )
+    if root_constraints.path_length == 0:
+        raise InvalidCACertificateError(
+            f"the root CA of {org} has pathlen=0 and may not certify intermediate CAs", org=org
+        )
+    if subject_org != org:
+        raise InvalidCACertificateError(
+            f"an intermediate CA certificate of {org} names organization {subject_org!r}",
+            org=org,
+        )
+    return _OrgCA(
+        org=org,
+        cert=cert,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        root=root,
+    )
+
+
 def _load_ca(org: str, cert_pem: bytes) -> _OrgCA:
-    """Parse and check one configured CA certificate; InvalidCACertificateError if unusable."""
+    """Parse and check one configured root CA certificate; InvalidCACertificateError if
+    unusable."""
     check_org_id(org)
     try:
         cert = load_certificate(cert_pem)
@@ -133,20 +202,24 @@ def _load_ca(org: str, cert_pem: bytes) -> _OrgCA:
     return _OrgCA(org=org, cert=cert, not_before=not_before, not_after=not_after)
 
 
-def _load_crl(ca: _OrgCA, crl_der: bytes) -> frozenset[int]:
+def _load_crl(cas: list[_OrgCA], crl_der: bytes) -> frozenset[int]:
     """The serials an organization's CRL revokes; InvalidCACertificateError if the CRL is
-    unreadable or not signed by that organization's CA."""
+    unreadable or not signed by one of that organization's CAs."""
+    org = cas[0].org
     try:
         crl = x509.load_der_x509_crl(crl_der)
-        signed = crl.issuer == ca.cert.subject and crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+        signed = any(
+            crl.issuer == ca.cert.subject and crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+            for ca in cas
+        )
         serials = frozenset(entry.serial_number for entry in crl)
     except CRYPTOGRAPHY_ERRORS as exc:
         raise InvalidCACertificateError(
-            f"the revocation list of {ca.org} cannot be read: {exc}", org=ca.org
+            f"the revocation list of {org} cannot be read: {exc}", org=org
         ) from exc
     if not signed:
         raise InvalidCACertificateError(
-            f"the revocation list of {ca.org} is not signed by its CA", org=ca.org
+            f"the revocation list of {org} is not signed by its CA", org=org
         )
     return serials
 
@@ -198,19 +271,20 @@ class Membership:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, not {cache_size}")
         by_issuer: dict[x509.Name, _OrgCA] = {}
+        by_org: dict[str, list[_OrgCA]] = {}
         for org in sorted(ca_certs_pem):
-            ca = _load_ca(org, ca_certs_pem[org])
-            other = by_issuer.get(ca.cert.subject)
-            if other is not None:
-                raise InvalidCACertificateError(
-                    f"the CA certificates of {other.org} and {org} have the same subject "
-                    f"{_describe_name(ca.cert.subject)}; each organization needs its own CA",
-                    org=org,
-                )
-            by_issuer[ca.cert.subject] = ca
+            by_org[org] = _load_cas(org, ca_certs_pem[org])
+            for ca in by_org[org]:
+                other = by_issuer.get(ca.cert.subject)
+                if other is not None:
+                    raise InvalidCACertificateError(
+                        f"the CA certificates of {other.org} and {org} have the same subject "
+                        f"{_describe_name(ca.cert.subject)}; each CA needs its own name",
+                        org=org,
+                    )
+                by_issuer[ca.cert.subject] = ca
         self._by_issuer = by_issuer
-        self._orgs = tuple(sorted(ca.org for ca in by_issuer.values()))
-        by_org = {ca.org: ca for ca in by_issuer.values()}
+        self._orgs = tuple(sorted(by_org))
         self._revoked: dict[str, frozenset[int]] = {
             org: _load_crl(by_org[org], crl) for org, crl in (crls or {}).items() if crl
         }
@@ -268,8 +342,23 @@ class Membership:
                 org=ca.org,
                 serial=validated.serial,
             )
+        if ca.root is not None:
+            if ca.cert.serial_number in self._revoked.get(ca.org, frozenset()):
+                raise CertificateRevokedError(
+                    f"the certificate of {member.role} {member.name!r} of {member.org} was "
+                    f"issued by an intermediate CA that {ca.org} revoked "
+                    f"(serial {ca.cert.serial_number:x})",
+                    org=ca.org,
+                    serial=ca.cert.serial_number,
+                )
+            _check_period(
+                f"the root CA certificate of {ca.org}",
+                not_before=ca.root.not_before,
+                not_after=ca.root.not_after,
+                now=now_utc,
+            )
         _check_period(
-            f"the CA certificate of {ca.org}",
+            f"the {'intermediate ' if ca.root else ''}CA certificate of {ca.org}",
             not_before=ca.not_before,
             not_after=ca.not_after,
             now=now_utc,

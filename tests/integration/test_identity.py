@@ -240,3 +240,51 @@ def test_acls_set_by_configuration_guard_reads_and_submits_naming_the_rule(netwo
     assert bad.returncode == 1 and "unknown ACL resource" in bad.stderr
     wait_until(lambda: not refused_read(), timeout_s=30, what="blocks.read back to its default")
     wait_converged(network)
+
+
+def test_an_organization_with_an_intermediate_ca_joins_issues_revokes_and_leaves(network):
+    from cryptography import x509
+
+    folder = network.folder
+    made = kyodo("ca", "init", "--org", "org5", "--intermediate", folder=folder)
+    assert made.returncode == 0 and "root and intermediate CA" in made.stdout, made.stderr
+    again = kyodo("ca", "init", "--org", "org5", folder=folder)
+    assert again.returncode == 1 and "already has a CA" in again.stderr
+    bundle = x509.load_pem_x509_certificates((folder / "orgs/org5/ca/ca.pem").read_bytes())
+    assert [c.subject.rfc4514_string() for c in bundle] == [
+        "CN=org5 root CA,O=org5",
+        "CN=org5 issuing CA,O=org5",
+    ]
+    joined = kyodo("network", "add-validator", "--org", "org5", folder=folder)
+    assert joined.returncode == 0, joined.stderr
+    reload_members(network)  # pick up the new node and organization
+    user_cert = x509.load_pem_x509_certificate(
+        (folder / "orgs/org5/users/user1/signing.pem").read_bytes()
+    )
+    assert user_cert.issuer == bundle[1].subject  # issued by the intermediate
+    with network.gateway("org5") as gw:  # TLS and signatures chain to org5's root
+        assert gw.contract("asset_transfer").submit("create_account", "org5-i")["owner"] == (
+            "org5/user1"
+        )
+    assert kyodo("ca", "issue", "gus", "--org", "org5", folder=folder).returncode == 0
+    with network.gateway("org5", "gus") as gw:
+        gw.contract("asset_transfer").submit("create_account", "gus-acct")
+    revoked = kyodo("ca", "revoke", "gus", "--org", "org5", folder=folder)
+    assert revoked.returncode == 0, revoked.stderr
+    with (
+        network.gateway("org5", "gus", retries=0) as gw,
+        pytest.raises(Unauthenticated, match="revoked by org5"),
+    ):
+        gw.contract("asset_transfer").submit("create_account", "gus-again")
+    left = kyodo("network", "remove-org", "org5", folder=folder)
+    assert left.returncode == 0, left.stderr
+    reload_members(network)
+    for child in network._children.values():  # reap the org5 node the command stopped
+        child.poll()
+    wait_converged(network)
+
+
+def reload_members(network) -> None:
+    """Organizations and nodes as network.json now lists them (keeping child processes)."""
+    fresh = type(network)(network.folder)
+    network.orgs, network.nodes = fresh.orgs, fresh.nodes
