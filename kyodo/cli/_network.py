@@ -46,6 +46,7 @@ from kyodo.codec import decode_record, encode
 from kyodo.crypto import (
     Pkcs11KeyRef,
     generate_pkcs11_key,
+    is_pkcs11_uri,
     load_private_key,
     save_private_key,
     sha256,
@@ -590,15 +591,24 @@ class LocalNetwork:
             raise KyodoError(f"{node_id} is not in the configuration", code="not_found")
         now = datetime.now(UTC)
         org = _load_org(self.folder, entry.org_id)
-        progress(f"{node_id}: new signing key")
-        key = ed25519.Ed25519PrivateKey.generate()
-        save_private_key(entry.home / "signing-next.key", key, org.passphrase, salt=org.salt)
+        config = NodeConfig.load(entry.home)
+        in_token = is_pkcs11_uri(config.signing_key)
+        if in_token:  # the new key is generated inside the same token, non-extractable
+            progress(f"{node_id}: new signing key in the HSM")
+            ref = Pkcs11KeyRef.parse(config.signing_key)
+            next_ref = replace(ref, label=f"{node_id}-e{current.epoch + 1}-{secrets.token_hex(3)}")
+            public_key = ed25519.Ed25519PublicKey.from_public_bytes(generate_pkcs11_key(next_ref))
+            next_key = next_ref.uri()
+        else:
+            progress(f"{node_id}: new signing key")
+            key = ed25519.Ed25519PrivateKey.generate()
+            save_private_key(entry.home / "signing-next.key", key, org.passphrase, salt=org.salt)
+            public_key, next_key = key.public_key(), "signing-next.key"
         cert_pem = org.ca.issue_signing_cert(
-            name=node_id, role=Role.NODE, public_key=key.public_key(), now=now
+            name=node_id, role=Role.NODE, public_key=public_key, now=now
         )
         (entry.home / "signing-next.pem").write_bytes(cert_pem)
-        config = NodeConfig.load(entry.home)
-        replace_config(config, entry.home, next_signing_key="signing-next.key")
+        replace_config(config, entry.home, next_signing_key=next_key)
         new = replace(
             current,
             epoch=current.epoch + 1,
@@ -612,9 +622,18 @@ class LocalNetwork:
         self.propose_config(new, current=current, via_org=via)
         # from now on the new key is the node's key, also across restarts (the old one is
         # kept for a restart before the node appended the rotation's configuration block)
+        (entry.home / "signing-next.pem").replace(entry.home / "signing.pem")
+        if in_token:  # the old key stays in the token until the operator deletes it
+            replace_config(
+                NodeConfig.load(entry.home),
+                entry.home,
+                signing_key=next_key,
+                previous_signing_key=config.signing_key,
+                next_signing_key="",
+            )
+            return new
         (entry.home / "signing.key").replace(entry.home / "signing-previous.key")
         (entry.home / "signing-next.key").replace(entry.home / "signing.key")
-        (entry.home / "signing-next.pem").replace(entry.home / "signing.pem")
         replace_config(NodeConfig.load(entry.home), entry.home, next_signing_key="")
         return new
 

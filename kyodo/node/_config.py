@@ -36,6 +36,10 @@ class NodeConfig:
     next_signing_key: str = ""
     """A key prepared for rotation: used from the configuration epoch whose signing
     certificate for this node matches it (``kyodo network rotate-key``)."""
+    previous_signing_key: str = ""
+    """The key before the last rotation (a file or a ``pkcs11:`` URI), for a restart
+    before this node appended the rotation's configuration block; empty: the file
+    ``signing-previous.key``."""
     org_ca: str = ""
     """CA certificate of this node's organization, for a node whose organization joins
     by a configuration change (before that change it is not in the genesis)."""

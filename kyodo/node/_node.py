@@ -64,6 +64,7 @@ from kyodo.crypto import (
     ZERO_HASH,
     CryptoError,
     Ed25519Signer,
+    KeyFileError,
     Pkcs11Signer,
     Signer,
     is_pkcs11_uri,
@@ -262,15 +263,10 @@ class Node:
         current = NodeConfig.load(self.home)
         expected = self._signer_keys[self.cfg.node_id]
         passphrase = read_passphrase(_relative_source(current.passphrase, self.home))
-        for name in (current.next_signing_key, current.signing_key, PREVIOUS_SIGNING_KEY):
-            path = current.resolve(self.home, name) if name else None
-            if path is None or not path.exists():
-                continue
-            key = load_private_key(path, passphrase)
-            if (
-                isinstance(key, ed25519.Ed25519PrivateKey)
-                and (signer := Ed25519Signer(key)).public_key == expected
-            ):
+        previous = current.previous_signing_key or PREVIOUS_SIGNING_KEY
+        for name in (current.next_signing_key, current.signing_key, previous):
+            signer = self._open_signer(current, name, passphrase) if name else None
+            if signer is not None and signer.public_key == expected:
                 self._signer = signer
                 log.info("signing_key_rotated", node=self.cfg.node_id, epoch=epoch)
                 return
@@ -278,6 +274,20 @@ class Node:
             "the signing key does not match this node's certificate, and no "
             "prepared key (next_signing_key) does"
         )
+
+    def _open_signer(self, cfg: NodeConfig, name: str, passphrase: bytes) -> Signer | None:
+        """The signer of a key file or a ``pkcs11:`` URI (None if there is no such key)."""
+        if is_pkcs11_uri(name):
+            try:
+                return Pkcs11Signer.open(name)
+            except KeyFileError as exc:
+                log.warning("signing_key_unavailable", detail=str(exc))
+                return None
+        path = cfg.resolve(self.home, name)
+        if not path.exists():
+            return None
+        key = load_private_key(path, passphrase)
+        return Ed25519Signer(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -82,3 +82,58 @@ def test_an_application_signs_transactions_with_a_key_in_the_token(hsm_network):
     with creds.connect(hsm_network.node("org1").gateway) as gw:
         created = gw.contract("asset_transfer").submit("create_account", "hsm-app")
     assert created["owner"] == "org1/app-user"
+
+
+def test_a_validator_key_in_the_token_is_rotated_while_the_network_runs(hsm_network):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from kyodo.codec import decode_record
+    from kyodo.crypto import ED25519, verify_signature
+    from kyodo.ledger import Block, commit_message
+    from tests.integration.conftest import node_status, wait_until
+
+    node = hsm_network.node("org2-node0")
+    old_uri = json.loads((node.home / "node.json").read_text())["signing_key"]
+    rotated = kyodo("network", "rotate-key", node.node_id, folder=hsm_network.folder)
+    assert rotated.returncode == 0, rotated.stderr
+    config = json.loads((node.home / "node.json").read_text())
+    assert config["signing_key"].startswith("pkcs11:") and config["signing_key"] != old_uri
+    assert config["previous_signing_key"] == old_uri and config["next_signing_key"] == ""
+    assert not (node.home / "signing.key").exists()  # still no key file anywhere
+    new_key = (
+        x509.load_pem_x509_certificate((node.home / "signing.pem").read_bytes())
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+    def signed_by_new_key() -> bool:
+        with hsm_network.gateway("org1") as gw:
+            outcome = gw.contract("asset_transfer").submit_transaction(
+                "create_account", f"rotated-{outcome_counter.pop()}"
+            )
+            block = decode_record(Block, gw.block(outcome.height))
+        signatures = {c.signer: c.signature for c in block.certificate}
+        if node.node_id not in signatures:
+            return False
+        verify_signature(
+            ED25519,
+            new_key,
+            commit_message(block.header.chain_id, block.block_hash()),
+            signatures[node.node_id],
+        )
+        return True
+
+    outcome_counter = list(range(40))
+    wait_until(signed_by_new_key, timeout_s=30, what="a block signed with the new HSM key")
+    assert hsm_network.stop(node)  # the new key is the node's key across a restart too
+    hsm_network.start(node)
+    wait_until(
+        lambda: (s := node_status(hsm_network, node)) is not None and s.healthy,
+        timeout_s=30,
+        what="the rotated node back",
+    )
+    wait_until(signed_by_new_key, timeout_s=30, what="the restarted node signing again")
+    wait_converged(hsm_network)
+    verified = kyodo("verify", node.node_id, folder=hsm_network.folder)
+    assert verified.returncode == 0, verified.stderr
