@@ -26,6 +26,7 @@ from kyodo.ledger import Block, LedgerError, LedgerStore, load_genesis, verify_s
 from kyodo.node import NodeConfig
 
 console = Console()
+err_console = Console(stderr=True)
 err = Console(stderr=True)
 app = typer.Typer(
     help="Kyodo: a permissioned ledger for inter-company workflows.",
@@ -438,6 +439,57 @@ def _parse_arg(text: str) -> Any:
 def _gateway(folder: Path, org: str | None, user: str) -> Any:
     net = LocalNetwork(folder)
     return net.gateway(org or net.orgs[0], user)
+
+
+@app.command("login")
+def login(
+    org: Annotated[str | None, typer.Option("--org", help="Your organization.")] = None,
+    user: Annotated[str, typer.Option("--user", help="Your member name.")] = "user1",
+    node: Annotated[
+        str | None, typer.Option("--node", help="A node of your organization (default: first).")
+    ] = None,
+    folder: DirOption = DEFAULT_DIR,
+    as_json: JsonOption = False,
+) -> None:
+    """Log in to a REST gateway with your signing key; print a short-lived access token
+    for `Authorization: Bearer ...` (curl, scripts, a browser's session)."""
+    from kyodo.client import rest_login
+
+    try:
+        net = LocalNetwork(folder)
+        org = org or net.orgs[0]
+        target = net.node(node) if node else next(n for n in net.nodes if n.org_id == org)
+        if not target.rest:
+            _fail(f"{target.node_id} serves no REST gateway (rest_port in node.json)")
+        creds = net.user(org, user)
+        cert_pem = (net.folder / "orgs" / org / "users" / user / "signing.pem").read_bytes()
+        issued = rest_login(
+            f"https://{target.rest}",
+            certificate_pem=cert_pem,
+            signer=creds.signer,
+            ca_bundle=(net.folder / "ca-bundle.pem").read_bytes(),
+        )
+    except (KyodoError, StopIteration) as exc:
+        code = getattr(exc, "code", "not_found")
+        _fail(f"{exc or f'{org} has no node'} [{code}]")
+        return
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "access_token": issued.token,
+                    "expires_at_ms": issued.expires_at_ms,
+                    "identity": issued.identity,
+                    "url": f"https://{target.rest}",
+                }
+            )
+        )
+        return
+    print(issued.token)
+    minutes = max(0, (issued.expires_at_ms - int(time.time() * 1000)) // 60_000)
+    err_console.print(
+        f"logged in as {issued.identity} at https://{target.rest}, for {minutes} minutes"
+    )
 
 
 @tx_app.command("submit")

@@ -84,6 +84,8 @@ class NodeEntry:
     gateway: str
     p2p_port: int
     metrics_port: int
+    rest: str = ""
+    """host:port of the node's REST gateway (HTTPS; token login), if it serves one."""
 
 
 def _allocate_ports(count: int) -> list[int]:
@@ -189,7 +191,7 @@ def create_network(
             parse_policy(admin_policy)
         except PolicySyntaxError as exc:
             raise KyodoError(f"--admin-policy: {exc}", code="usage") from None
-    ports = iter(_allocate_ports(3 * orgs * validators_per_org))
+    ports = iter(_allocate_ports(4 * orgs * validators_per_org))
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     chain_id = f"kyodo-local-{secrets.token_hex(4)}"
@@ -218,7 +220,7 @@ def create_network(
                 hosts=(host,) if distinct_hosts else (),
                 hsm_key=hsm_key,
             )
-            p2p, gateway, metrics = next(ports), next(ports), next(ports)
+            p2p, gateway, metrics, rest = next(ports), next(ports), next(ports), next(ports)
             NodeConfig(
                 node_id=node_id,
                 org_id=org_id,
@@ -226,6 +228,7 @@ def create_network(
                 p2p_port=p2p,
                 gateway_port=gateway,
                 metrics_port=metrics,
+                rest_port=rest,
                 genesis="../../genesis.block",
                 passphrase=f"file:../../orgs/{org_id}/passphrase",
                 signing_key="signing.key" if hsm_key is None else hsm_key.uri(),
@@ -250,6 +253,7 @@ def create_network(
                     "gateway": f"{host}:{gateway}",
                     "p2p_port": p2p,
                     "metrics_port": metrics,
+                    "rest": f"{host}:{rest}",
                 }
             )
     config = NetworkConfig(
@@ -392,6 +396,7 @@ class LocalNetwork:
                 gateway=n["gateway"],
                 p2p_port=n["p2p_port"],
                 metrics_port=n["metrics_port"],
+                rest=n.get("rest", ""),
             )
             for n in doc["nodes"]
         ]
@@ -526,7 +531,7 @@ class LocalNetwork:
             salt=org_material.salt,
             now=now,
         )
-        p2p, gateway, metrics = _allocate_ports(3)
+        p2p, gateway, metrics, rest = _allocate_ports(4)
         NodeConfig(
             node_id=node_id,
             org_id=org,
@@ -534,6 +539,7 @@ class LocalNetwork:
             p2p_port=p2p,
             gateway_port=gateway,
             metrics_port=metrics,
+            rest_port=rest,
             genesis="../../genesis.block",
             passphrase=f"file:../../orgs/{org}/passphrase",
             org_ca=f"../../orgs/{org}/ca/ca.pem",
@@ -574,6 +580,7 @@ class LocalNetwork:
             gateway=f"127.0.0.1:{gateway}",
             p2p_port=p2p,
             metrics_port=metrics,
+            rest=f"127.0.0.1:{rest}",
         )
         self._record(entry, joining)
         progress(f"starting {node_id}")
@@ -913,6 +920,7 @@ class LocalNetwork:
                 "gateway": entry.gateway,
                 "p2p_port": entry.p2p_port,
                 "metrics_port": entry.metrics_port,
+                "rest": entry.rest,
             }
         )
         path.write_text(json.dumps(doc, indent=2) + "\n")

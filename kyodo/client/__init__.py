@@ -9,6 +9,7 @@ from kyodo.client._gateway import (
     TlsCredentials,
     connect,
 )
+from kyodo.client._login import AccessToken, rest_call, rest_login
 from kyodo.client._wallet import UserCredentials, load_user
 from kyodo.client.errors import (
     AccessDenied,
@@ -23,6 +24,7 @@ from kyodo.client.errors import (
 
 __all__ = [
     "AccessDenied",
+    "AccessToken",
     "Contract",
     "ContractFailed",
     "Gateway",
@@ -39,4 +41,6 @@ __all__ = [
     "UserCredentials",
     "connect",
     "load_user",
+    "rest_call",
+    "rest_login",
 ]

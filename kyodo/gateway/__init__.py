@@ -7,7 +7,9 @@ from kyodo.gateway._auth import (
     check_request,
     request_id,
 )
+from kyodo.gateway._rest import RestGateway, create_app
 from kyodo.gateway._server import ERROR_TRAILER, GatewayBackend, GatewayError, GatewayServer
+from kyodo.gateway._tokens import TokenClaims, TokenService
 
 __all__ = [
     "ERROR_TRAILER",
@@ -17,6 +19,10 @@ __all__ = [
     "GatewayServer",
     "ReplayGuard",
     "RequestRejectedError",
+    "RestGateway",
+    "TokenClaims",
+    "TokenService",
     "check_request",
+    "create_app",
     "request_id",
 ]

@@ -12,7 +12,12 @@ Errors for bad input are in :mod:`kyodo.identity.errors`.
 """
 
 from kyodo.identity._ca import CertificateAuthority
-from kyodo.identity._certs import MAX_CERTIFICATE_BYTES, fingerprint, load_certificate
+from kyodo.identity._certs import (
+    MAX_CERTIFICATE_BYTES,
+    certificate_der,
+    fingerprint,
+    load_certificate,
+)
 from kyodo.identity._membership import Membership
 from kyodo.identity._model import Member, Role
 from kyodo.identity.errors import (
@@ -44,6 +49,7 @@ __all__ = [
     "UnknownCAError",
     "UnknownRoleError",
     "UnsupportedKeyTypeError",
+    "certificate_der",
     "fingerprint",
     "load_certificate",
 ]

@@ -43,6 +43,10 @@ class NodeConfig:
     org_ca: str = ""
     """CA certificate of this node's organization, for a node whose organization joins
     by a configuration change (before that change it is not in the genesis)."""
+    rest_port: int = 0
+    """Port of the REST gateway (HTTPS, token login for browsers and tools); 0: none."""
+    token_ttl_s: int = 900
+    """Lifetime of an access token issued by the REST gateway's login."""
     cert_expiry_warning_days: int = 30
     """A certificate of this node expiring sooner shows as a warning in its status."""
     max_frame_bytes: int = 32 * 1024 * 1024

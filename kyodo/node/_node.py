@@ -73,7 +73,7 @@ from kyodo.crypto import (
     sha256,
     verify_signature,
 )
-from kyodo.gateway import AuthContext, GatewayServer
+from kyodo.gateway import AuthContext, GatewayServer, RestGateway, TokenService, create_app
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
     CONFIG_CONTRACT,
@@ -187,6 +187,7 @@ class Node:
         thread); the certified one is appended without executing it again."""
         self.p2p: PeerNetwork
         self.gateway: GatewayServer
+        self.rest: RestGateway | None = None
         self._waiters: dict[bytes, list[asyncio.Future[TxStatusResponse]]] = {}
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -322,6 +323,8 @@ class Node:
         log.info("node_stopping", node=self.cfg.node_id)
         ticker.cancel()
         await self.gateway.stop(0.5)
+        if self.rest is not None:
+            await self.rest.stop()
         await self.p2p.stop()
         await self._in_ledger(self.store.close)
         self._ledger_thread.shutdown()
@@ -411,7 +414,32 @@ class Node:
             port=self.cfg.gateway_port,
         )
         await self.gateway.start()
+        if self.cfg.rest_port:
+            tokens = TokenService(
+                chain_id=self.chain_id,
+                node_id=self.cfg.node_id,
+                org_id=self.org_id,
+                signer=lambda: self._signer,  # the key in force (rotation swaps it)
+                node_key=self._node_key_of_org,
+                ttl_ms=self.cfg.token_ttl_s * 1000,
+            )
+            self.rest = RestGateway(
+                create_app(self, tokens),
+                host=self.cfg.listen_host,
+                port=self.cfg.rest_port,
+                cert_pem=self._tls_cert_pem,
+                key=self._tls_key,
+            )
+            await self.rest.start()
         self.metrics.start_server(self.cfg.listen_host, self.cfg.metrics_port)
+
+    def _node_key_of_org(self, node_id: str, org: str) -> bytes | None:
+        """The signing key of ``node_id`` if the configuration in force makes it a node
+        of ``org`` (who may issue the tokens this organization's gateways accept)."""
+        info = self._current.config.node(node_id)
+        if info is None or info.org_id != org:
+            return None
+        return self._current.signer_keys.get(node_id)
 
     async def _tick_loop(self) -> None:
         while True:

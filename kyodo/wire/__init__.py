@@ -16,6 +16,7 @@ from kyodo.wire._gateway import (
     TxRequest,
     TxResponse,
     TxStatusResponse,
+    login_message,
 )
 from kyodo.wire._tx import (
     Event,
@@ -50,4 +51,5 @@ __all__ = [
     "TxStatus",
     "TxStatusResponse",
     "compute_tx_id",
+    "login_message",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "TxRequest",
     "TxResponse",
     "TxStatusResponse",
+    "login_message",
 ]
 
 GATEWAY_SERVICE = "kyodo.v1.Gateway"
@@ -190,3 +191,8 @@ class SignedRequest:
 
     payload: bytes
     signature: bytes
+
+
+def login_message(chain_id: str, challenge: bytes) -> bytes:
+    """What a user signs to answer a REST gateway's login challenge."""
+    return b"kyodo/login/v1\x00" + chain_id.encode() + b"\x00" + challenge

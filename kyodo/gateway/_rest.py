@@ -1,0 +1,525 @@
+"""The REST gateway: HTTPS and JSON for browsers and tools without a client certificate.
+
+Served by the node next to the gRPC gateway (``rest_port`` in ``node.json``;
+0 turns it off), with the node's TLS certificate. It does not ask for a client
+certificate: a caller authenticates by logging in with a signed challenge
+(:mod:`kyodo.gateway._tokens`) and sends ``Authorization: Bearer <token>`` on
+every other call. Each call is then checked like a gRPC one: the identity in
+the token is validated against the configuration in force (revocation and
+expiry), the network's ACL decides (``node.status``, ``blocks.read``,
+``transactions.read``, ``evaluate/<contract>/<function>``), and the call is
+recorded as an ``audit`` event (who, from where, what, the decision and the
+refusal code, the SHA-256 of the response).
+
+Every refusal is ``application/problem+json`` (RFC 9457) with the same stable
+``code`` as the gRPC gateway (``docs/errors.md``): ``auth.<reason>`` for
+authentication, ``access_denied`` naming the ACL rule, ``malformed``,
+``not_found``, ``contract_error``...
+
+Operations (OpenAPI 3.1 at ``/openapi.json``):
+
+- ``POST /v1/auth/challenge``  {certificate: PEM} -> {challenge, expires_at_ms}
+- ``POST /v1/auth/token``      {challenge, signature} -> {access_token, ...}
+- ``POST /v1/auth/logout``
+- ``GET  /v1/whoami``
+- ``GET  /v1/status``
+- ``GET  /v1/blocks/{height}`` (-1: the tip)
+- ``GET  /v1/transactions/{tx_id}``
+- ``POST /v1/contracts/{contract}/{function}/evaluate`` {args: [...]}
+
+Submitting stays with signed transactions (gRPC and the SDK): a token proves
+who is calling, but a transaction on the ledger carries its creator's own
+signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol
+
+import structlog
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kyodo.codec import DecodeError, decode_record, encode
+from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
+from kyodo.crypto import sha256
+from kyodo.gateway._auth import AuthContext, RequestRejectedError
+from kyodo.gateway._tokens import TokenService
+from kyodo.identity import IdentityError, Member, certificate_der
+from kyodo.ledger import Block, CheckedTx
+from kyodo.policy import AccessRefused, Identity
+from kyodo.wire import (
+    MAX_REQUEST_BYTES,
+    EvaluateResponse,
+    NodeStatus,
+    Transaction,
+    TxEnvelope,
+    TxResponse,
+)
+
+__all__ = ["RestBackend", "RestGateway", "create_app"]
+
+log = structlog.get_logger("kyodo.gateway.rest")
+PROBLEM = "application/problem+json"
+_AUTH_STATUS = {"wrong_role": 403, "identity_mismatch": 403, "malformed": 400}
+AuthHeader = Annotated[str | None, Header(description="Bearer <access token>")]
+
+
+class RestBackend(Protocol):
+    """What the node offers the REST gateway (a subset of the gRPC backend)."""
+
+    org_id: str
+
+    def auth_context(self) -> AuthContext: ...
+
+    def status(self) -> NodeStatus: ...
+
+    async def get_block(self, height: int) -> bytes | None: ...
+
+    async def get_tx(self, tx_id: bytes) -> TxResponse | None: ...
+
+    async def evaluate(self, checked: CheckedTx) -> EvaluateResponse: ...
+
+
+class Problem(Exception):
+    """A refusal: HTTP status, stable code, detail (and the ACL rule, if one refused)."""
+
+    def __init__(self, status: int, code: str, detail: str, rule: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.rule = status, code, detail, rule
+
+
+class ChallengeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    certificate: str = Field(max_length=16_384, description="Your signing certificate (PEM).")
+
+
+class ChallengeResponse(BaseModel):
+    challenge: str = Field(description="base64 of 32 bytes; sign login_message(chain, it).")
+    chain_id: str
+    expires_at_ms: int
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    challenge: str = Field(max_length=128)
+    signature: str = Field(max_length=256, description="base64 Ed25519 signature.")
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    expires_at_ms: int
+    identity: str
+
+
+class WhoAmI(BaseModel):
+    identity: str
+    org: str
+    role: str
+    name: str
+    token_expires_at_ms: int
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    args: list[Any] = Field(default_factory=list, max_length=64)
+
+
+class EvaluateResult(BaseModel):
+    result: Any
+    height: int
+
+
+def _problem(
+    request: Request, status: int, code: str, detail: str, rule: str | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://kyodo.dev/errors/{code}",
+        "title": code,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+    }
+    if rule is not None:
+        body["rule"] = rule
+    log.info(
+        "audit",
+        method=f"{request.method} {request.url.path}",
+        caller=getattr(request.state, "identity", "anonymous"),
+        peer=request.client.host if request.client else "",
+        decision="refused",
+        code=code,
+        detail=detail,
+        transport="rest",
+    )
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def _ok(request: Request, payload: BaseModel | dict[str, Any]) -> JSONResponse:
+    data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    body = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    log.info(
+        "audit",
+        method=f"{request.method} {request.url.path}",
+        caller=getattr(request.state, "identity", "anonymous"),
+        peer=request.client.host if request.client else "",
+        decision="allowed",
+        response_sha256=sha256(body).hex(),
+        transport="rest",
+    )
+    return JSONResponse(data)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _auth_problem(exc: RequestRejectedError) -> Problem:
+    return Problem(_AUTH_STATUS.get(exc.reason, 401), f"auth.{exc.reason}", str(exc))
+
+
+def _jsonable(value: Any) -> Any:
+    """A canonical value as JSON (bytes as {"$bytes": base64})."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _canonical_arg(value: Any, path: str) -> Any:
+    """A JSON argument as a canonical value; floats are refused."""
+    if isinstance(value, float):
+        raise Problem(
+            400,
+            "malformed",
+            f"{path} is a float; use an integer (minor units) or a string: floats are not "
+            "deterministic",
+        )
+    if isinstance(value, list):
+        return [_canonical_arg(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _canonical_arg(v, f"{path}.{k}") for k, v in value.items()}
+    return value
+
+
+def create_app(backend: RestBackend, tokens: TokenService) -> FastAPI:
+    """The REST application of one node."""
+    app = FastAPI(
+        title="Kyodo gateway",
+        version="1",
+        description="Login by signed challenge, then read and query with a bearer token.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(Problem)
+    async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+        return _problem(request, exc.status, exc.code, exc.detail, exc.rule)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _problem(request, 400, "malformed", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return _problem(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("gateway_internal_error", path=request.url.path)
+        return _problem(
+            request,
+            500,
+            "internal",
+            f"internal error ({type(exc).__name__}); the node logged the details",
+        )
+
+    @app.middleware("http")
+    async def _limit_size(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
+            return _problem(
+                request, 413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes"
+            )
+        return await call_next(request)
+
+    def authenticate(request: Request, authorization: str | None) -> tuple[Any, Member]:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Problem(
+                401,
+                "auth.token_missing",
+                "send Authorization: Bearer <token> (POST /v1/auth/challenge, then /v1/auth/token)",
+            )
+        try:
+            claims, member = tokens.verify(token.strip(), backend.auth_context(), _now_ms())
+        except RequestRejectedError as exc:
+            raise _auth_problem(exc) from exc
+        request.state.identity = f"{member.org}/{member.role}/{member.name}"
+        return claims, member
+
+    def allow(resource: str, member: Member) -> None:
+        try:
+            backend.auth_context().acl.check(
+                resource, Identity(org=member.org, role=str(member.role), name=member.name)
+            )
+        except AccessRefused as exc:
+            raise Problem(403, "access_denied", str(exc), rule=exc.rule) from exc
+
+    @app.post("/v1/auth/challenge", response_model=ChallengeResponse, tags=["auth"])
+    async def challenge(request: Request, body: ChallengeRequest) -> JSONResponse:
+        """Ask for a login challenge for your signing certificate."""
+        try:
+            der = certificate_der(body.certificate.encode())
+        except IdentityError as exc:
+            raise Problem(400, "malformed", f"certificate: {exc}") from exc
+        try:
+            nonce, expires = tokens.challenge(der, backend.auth_context(), _now_ms())
+        except RequestRejectedError as exc:
+            raise _auth_problem(exc) from exc
+        return _ok(
+            request,
+            ChallengeResponse(
+                challenge=base64.b64encode(nonce).decode(),
+                chain_id=backend.auth_context().chain_id,
+                expires_at_ms=expires,
+            ),
+        )
+
+    @app.post("/v1/auth/token", response_model=TokenResponse, tags=["auth"])
+    async def token(request: Request, body: TokenRequest) -> JSONResponse:
+        """Exchange a signed challenge for a short-lived access token."""
+        try:
+            nonce = base64.b64decode(body.challenge, validate=True)
+            signature = base64.b64decode(body.signature, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Problem(400, "malformed", "challenge and signature are base64") from exc
+        try:
+            issued, claims, member = tokens.exchange(
+                nonce, signature, backend.auth_context(), _now_ms()
+            )
+        except RequestRejectedError as exc:
+            raise _auth_problem(exc) from exc
+        request.state.identity = f"{member.org}/{member.role}/{member.name}"
+        log.info("login", identity=request.state.identity, expires_ms=claims.expires_ms)
+        return _ok(
+            request,
+            TokenResponse(
+                access_token=issued,
+                expires_at_ms=claims.expires_ms,
+                identity=request.state.identity,
+            ),
+        )
+
+    @app.post("/v1/auth/logout", tags=["auth"])
+    async def logout(request: Request, authorization: AuthHeader = None) -> JSONResponse:
+        """End this token's use (at this gateway) before it expires."""
+        claims, _ = authenticate(request, authorization)
+        tokens.revoke(claims, _now_ms())
+        return _ok(request, {"logged_out": True})
+
+    @app.get("/v1/whoami", response_model=WhoAmI, tags=["auth"])
+    async def whoami(request: Request, authorization: AuthHeader = None) -> JSONResponse:
+        """The identity your token is bound to."""
+        claims, member = authenticate(request, authorization)
+        return _ok(
+            request,
+            WhoAmI(
+                identity=request.state.identity,
+                org=member.org,
+                role=str(member.role),
+                name=member.name,
+                token_expires_at_ms=claims.expires_ms,
+            ),
+        )
+
+    @app.get("/v1/status", tags=["ledger"])
+    async def status(request: Request, authorization: AuthHeader = None) -> JSONResponse:
+        """This node's status (ACL ``node.status``)."""
+        _, member = authenticate(request, authorization)
+        allow("node.status", member)
+        s = backend.status()
+        return _ok(
+            request,
+            {
+                "node_id": s.node_id,
+                "org_id": s.org_id,
+                "role": s.role,
+                "view": s.view,
+                "height": s.height,
+                "tip_hash": s.tip_hash.hex(),
+                "state_root": s.state_root.hex(),
+                "healthy": s.healthy,
+                "detail": s.detail,
+                "chain_id": s.chain_id,
+            },
+        )
+
+    @app.get("/v1/blocks/{height}", tags=["ledger"])
+    async def block(request: Request, height: int, authorization: AuthHeader = None) -> Any:
+        """A block's header, transaction ids and results (ACL ``blocks.read``)."""
+        _, member = authenticate(request, authorization)
+        allow("blocks.read", member)
+        raw = await backend.get_block(height)
+        if raw is None:
+            raise Problem(404, "not_found", f"no block at height {height}")
+        b = decode_record(Block, raw)
+        h = b.header
+        return _ok(
+            request,
+            {
+                "height": h.height,
+                "hash": b.block_hash().hex(),
+                "prev_hash": h.prev_hash.hex(),
+                "timestamp_ms": h.timestamp_ms,
+                "epoch": h.epoch,
+                "proposer": h.proposer,
+                "txs_root": h.txs_root.hex(),
+                "results_root": h.results_root.hex(),
+                "state_root": h.state_root.hex(),
+                "transactions": [{"tx_id": r.tx_id.hex(), "status": r.status} for r in b.results],
+                "signers": [c.signer for c in b.certificate],
+            },
+        )
+
+    @app.get("/v1/transactions/{tx_id}", tags=["ledger"])
+    async def transaction(request: Request, tx_id: str, authorization: AuthHeader = None) -> Any:
+        """A committed transaction and its result (ACL ``transactions.read``)."""
+        _, member = authenticate(request, authorization)
+        allow("transactions.read", member)
+        try:
+            key = bytes.fromhex(tx_id)
+        except ValueError as exc:
+            raise Problem(400, "malformed", "tx_id is 64 hex digits") from exc
+        found = await backend.get_tx(key)
+        if found is None:
+            raise Problem(404, "not_found", f"no committed transaction {tx_id}")
+        tx = found.envelope.transaction()
+        return _ok(
+            request,
+            {
+                "tx_id": tx_id,
+                "height": found.height,
+                "tx_index": found.tx_index,
+                "status": found.status,
+                "contract": tx.contract,
+                "function": tx.function,
+                "args": _jsonable(list(tx.args)),
+                "result": _jsonable(found.result),
+                "message": found.message,
+            },
+        )
+
+    @app.post("/v1/contracts/{contract}/{function}/evaluate", tags=["contracts"])
+    async def evaluate(
+        request: Request,
+        contract: str,
+        function: str,
+        body: EvaluateRequest,
+        authorization: AuthHeader = None,
+    ) -> Any:
+        """Run a query as the token's identity (ACL ``evaluate/<contract>/<function>`` and
+        the function's own access rule)."""
+        claims, member = authenticate(request, authorization)
+        args = tuple(_canonical_arg(a, f"args[{i}]") for i, a in enumerate(body.args))
+        tx = Transaction(
+            chain_id=claims.chain_id,
+            contract=contract,
+            function=function,
+            args=args,
+            nonce=os.urandom(16),
+            created_ms=_now_ms(),
+            creator=claims.certificate,
+        )
+        try:
+            payload = encode(tx)
+            decode_record(Transaction, payload)
+        except (DecodeError, ValueError, TypeError) as exc:
+            raise Problem(400, "malformed", f"arguments: {exc}") from exc
+        envelope = TxEnvelope(payload=payload, signature=b"")  # authenticated by the token
+        checked = CheckedTx(tx_id=envelope.tx_id(), envelope=envelope, tx=tx, creator=member)
+        try:
+            response = await backend.evaluate(checked)
+        except UnknownContractError as exc:
+            raise Problem(404, "unknown_function", str(exc)) from exc
+        except AccessDeniedError as exc:
+            raise Problem(403, "access_denied", str(exc), rule=exc.rule) from exc
+        except ContractError as exc:
+            raise Problem(422, "contract_error", str(exc)) from exc
+        return _ok(request, {"result": _jsonable(response.result), "height": response.height})
+
+    return app
+
+
+class RestGateway:
+    """Serves :func:`create_app` over HTTPS (TLS 1.2+, no client certificate asked)."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str,
+        port: int,
+        cert_pem: bytes,
+        key: ec.EllipticCurvePrivateKey,
+    ) -> None:
+        from kyodo.p2p import load_key_chain
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        load_key_chain(context, cert_pem, key)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            limit_concurrency=1024,
+        )
+        config.load()
+        config.ssl = context  # our context: the key never touches the disk in plaintext
+        self._server = uvicorn.Server(config)
+        # the node handles SIGTERM/SIGINT itself (graceful stop): uvicorn must not take them
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self._task: asyncio.Task[None] | None = None
+        self.address = f"{host}:{port}"
+
+    async def start(self) -> None:
+        """Start serving; return once the socket listens."""
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it could not start
+                raise OSError(f"REST gateway on {self.address} stopped at start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task

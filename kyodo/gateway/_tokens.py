@@ -1,0 +1,238 @@
+"""Login by signed challenge, and the short-lived access tokens it yields.
+
+For people in a browser and tools that cannot hold a TLS client certificate.
+No password is stored anywhere: a user proves they hold the signing key of
+their member certificate, exactly as when they sign a transaction.
+
+1. ``challenge(certificate)``: the gateway checks the certificate (a member of
+   the gateway's own organization, not a node, not revoked or expired) and
+   returns 32 random bytes, good for one use within ``CHALLENGE_TTL_MS``.
+2. The user signs :func:`login_message` (a fixed domain, the network's chain id
+   and the challenge) with their key: a browser with WebCrypto Ed25519, a tool
+   with the SDK's signer, an HSM.
+3. ``exchange(challenge, signature)``: the gateway verifies the signature
+   against the certificate the challenge was issued for and returns a token.
+
+A token is ``kyt1.<claims>.<signature>`` (base64url): canonical
+:class:`TokenClaims` (network, issuing node, the user's certificate, a random
+id, issue and expiry times) signed by the issuing node's signing key. Any
+gateway of the same organization can check it against the node keys in the
+network configuration, so a client can fail over between its organization's
+nodes without logging in again. On every use the certificate inside is
+validated again against the configuration in force, so revoking the user (or
+their certificate expiring) ends the token's use at once. Logging out adds the
+token's id to the issuing gateway's deny list until the token expires anyway.
+
+Why written here: JWT libraries would bring a second encoding and algorithm
+negotiation (``alg``) to get wrong; our claims are a canonical record signed with
+the key the node already signs blocks with, and the checks are ten lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kyodo.codec import DecodeError, decode_record, encode, record
+from kyodo.crypto import ED25519, CryptoError, Signer, verify_signature
+from kyodo.gateway._auth import AuthContext, RequestRejectedError
+from kyodo.identity import Member
+from kyodo.ledger import TransactionRejectedError, check_creator
+from kyodo.wire import login_message
+
+__all__ = [
+    "CHALLENGE_TTL_MS",
+    "TOKEN_PREFIX",
+    "TokenClaims",
+    "TokenService",
+]
+
+CHALLENGE_TTL_MS = 60_000
+"""How long a login challenge can be answered."""
+TOKEN_PREFIX = "kyt1."  # noqa: S105 - a format marker, not a secret
+MAX_TOKEN_CHARS = 16_384
+MAX_OPEN_CHALLENGES = 10_000
+
+
+@record(73)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenClaims:
+    """What an access token asserts, signed by the node that issued it."""
+
+    chain_id: str
+    issuer: str
+    """Node id of the issuing gateway; its signing key (in the configuration) signs."""
+    certificate: bytes
+    """The user's signing certificate (DER): the identity the token is bound to."""
+    token_id: bytes
+    """16 random bytes (logout denies this id)."""
+    issued_ms: int
+    expires_ms: int
+
+
+def _token_message(claims_bytes: bytes) -> bytes:
+    return b"kyodo/token/v1\x00" + claims_bytes
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _member_of(certificate: bytes, context: AuthContext, org: str, now_ms: int) -> Member:
+    """The member ``certificate`` names, if it may log in at this organization's gateway."""
+    try:
+        member = check_creator(certificate, membership=context.membership, now_ms=now_ms)
+    except TransactionRejectedError as exc:
+        message = str(exc).replace("creator not accepted", "login refused", 1)
+        raise RequestRejectedError(message, reason=exc.reason) from exc
+    if member.org != org:
+        raise RequestRejectedError(
+            f"{member.org}/{member.name} logs in at a gateway of {member.org}, not of {org}",
+            reason="identity_mismatch",
+        )
+    return member
+
+
+@dataclass(frozen=True, slots=True)
+class _Challenge:
+    certificate: bytes
+    expires_ms: int
+
+
+class TokenService:
+    """Issues and checks the access tokens of one gateway (see the module docs)."""
+
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        node_id: str,
+        org_id: str,
+        signer: Callable[[], Signer],
+        node_key: Callable[[str, str], bytes | None],
+        ttl_ms: int,
+    ) -> None:
+        self._chain_id = chain_id
+        self._node_id = node_id
+        self._org_id = org_id
+        self._signer = signer
+        self._node_key = node_key
+        """(node id, org) -> the node's signing key if it is a node of that org, else None."""
+        self.ttl_ms = ttl_ms
+        self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
+        self._denied: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def challenge(self, certificate: bytes, context: AuthContext, now_ms: int) -> tuple[bytes, int]:
+        """A fresh challenge for the member ``certificate`` names, and when it expires."""
+        _member_of(certificate, context, self._org_id, now_ms)
+        nonce = os.urandom(32)
+        expires = now_ms + CHALLENGE_TTL_MS
+        with self._lock:
+            while self._challenges:
+                oldest = next(iter(self._challenges.values()))
+                if oldest.expires_ms >= now_ms and len(self._challenges) < MAX_OPEN_CHALLENGES:
+                    break
+                self._challenges.popitem(last=False)
+            self._challenges[nonce] = _Challenge(certificate, expires)
+        return nonce, expires
+
+    def exchange(
+        self, challenge: bytes, signature: bytes, context: AuthContext, now_ms: int
+    ) -> tuple[str, TokenClaims, Member]:
+        """A token for the user who signed ``challenge`` (each challenge answers once)."""
+        with self._lock:
+            pending = self._challenges.pop(challenge, None)
+        if pending is None or pending.expires_ms < now_ms:
+            raise RequestRejectedError(
+                "unknown, used or expired login challenge: ask for a new one",
+                reason="challenge_unknown",
+            )
+        member = _member_of(pending.certificate, context, self._org_id, now_ms)
+        try:
+            verify_signature(
+                ED25519, member.public_key, login_message(self._chain_id, challenge), signature
+            )
+        except CryptoError as exc:
+            raise RequestRejectedError(
+                "the challenge's signature does not verify against the certificate",
+                reason="bad_signature",
+            ) from exc
+        claims = TokenClaims(
+            chain_id=self._chain_id,
+            issuer=self._node_id,
+            certificate=pending.certificate,
+            token_id=os.urandom(16),
+            issued_ms=now_ms,
+            expires_ms=now_ms + self.ttl_ms,
+        )
+        raw = encode(claims)
+        signature = self._signer().sign(_token_message(raw))
+        return f"{TOKEN_PREFIX}{_b64(raw)}.{_b64(signature)}", claims, member
+
+    def verify(self, token: str, context: AuthContext, now_ms: int) -> tuple[TokenClaims, Member]:
+        """The claims and member of a valid token; RequestRejectedError otherwise."""
+        claims = self._decode(token)
+        if claims.chain_id != self._chain_id:
+            raise RequestRejectedError("the token is for another network", reason="wrong_chain")
+        key = self._node_key(claims.issuer, self._org_id)
+        if key is None:
+            raise RequestRejectedError(
+                f"the token was issued by {claims.issuer!r}, not a node of {self._org_id}",
+                reason="token_issuer",
+            )
+        raw, signature = self._parts(token)
+        try:
+            verify_signature(ED25519, key, _token_message(raw), signature)
+        except CryptoError as exc:
+            raise RequestRejectedError(
+                "the token's signature does not verify (forged, altered, or signed with a "
+                "node key since rotated): log in again",
+                reason="token_invalid",
+            ) from exc
+        if now_ms >= claims.expires_ms:
+            raise RequestRejectedError(
+                f"the token expired at {claims.expires_ms} ms: log in again",
+                reason="token_expired",
+            )
+        with self._lock:
+            if claims.token_id in self._denied:
+                raise RequestRejectedError("the token was logged out", reason="token_revoked")
+        return claims, _member_of(claims.certificate, context, self._org_id, now_ms)
+
+    def revoke(self, claims: TokenClaims, now_ms: int) -> None:
+        """Deny the token from now until it expires (logout)."""
+        with self._lock:
+            for token_id, expires in list(self._denied.items()):
+                if expires <= now_ms:
+                    del self._denied[token_id]
+            self._denied[claims.token_id] = claims.expires_ms
+
+    def _parts(self, token: str) -> tuple[bytes, bytes]:
+        if len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):
+            raise RequestRejectedError("not a Kyodo access token", reason="token_malformed")
+        body, _, signature = token[len(TOKEN_PREFIX) :].partition(".")
+        try:
+            return _unb64(body), _unb64(signature)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestRejectedError(
+                "the token is not base64url", reason="token_malformed"
+            ) from exc
+
+    def _decode(self, token: str) -> TokenClaims:
+        raw, _ = self._parts(token)
+        try:
+            return decode_record(TokenClaims, raw, max_size=MAX_TOKEN_CHARS)
+        except DecodeError as exc:
+            raise RequestRejectedError(
+                f"the token's claims do not decode: {exc}", reason="token_malformed"
+            ) from exc
