@@ -207,3 +207,9 @@ def test_removing_an_organization_the_admin_policy_needs_is_refused(net, current
     )
     new = check(governed, raw, approvals(net, raw, current.chain_id, ["org1", "org4"]))
     assert [o.org_id for o in new.orgs] == ["org1", "org2", "org3"]
+
+
+def test_a_configuration_without_validators_is_refused_not_a_crash(net, current):
+    raw = encode(next_config(current, nodes=()))
+    with pytest.raises(TransactionRejectedError, match="no validator"):
+        check(current, raw, approvals(net, raw, current.chain_id, ["org1", "org2", "org3"]))

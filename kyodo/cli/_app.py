@@ -26,7 +26,6 @@ from kyodo.ledger import Block, LedgerError, LedgerStore, load_genesis, verify_s
 from kyodo.node import NodeConfig
 
 console = Console()
-err_console = Console(stderr=True)
 err = Console(stderr=True)
 app = typer.Typer(
     help="Kyodo: a permissioned ledger for inter-company workflows.",
@@ -487,9 +486,7 @@ def login(
         return
     print(issued.token)
     minutes = max(0, (issued.expires_at_ms - int(time.time() * 1000)) // 60_000)
-    err_console.print(
-        f"logged in as {issued.identity} at https://{target.rest}, for {minutes} minutes"
-    )
+    err.print(f"logged in as {issued.identity} at https://{target.rest}, for {minutes} minutes")
 
 
 @tx_app.command("submit")

@@ -18,6 +18,7 @@ a transfer twice (the ledger refuses duplicate ids).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from kyodo.wire import (
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
+    ProofRequest,
+    ProofResponse,
     RequestPayload,
     SignedRequest,
     StatusRequest,
@@ -312,6 +315,28 @@ class Gateway:
         """A committed transaction with its result."""
         return self.signed_call("GetTransaction", TxRequest(tx_id=tx_id), TxResponse)
 
+    def proof(self, request: ProofRequest) -> dict[str, Any]:
+        """A ``kyodo-proof/v1`` document (check it with :meth:`verify` or
+        ``kyodo verify-proof``)."""
+        response: ProofResponse = self.signed_call("GetProof", request, ProofResponse)
+        document: dict[str, Any] = json.loads(response.document)
+        return document
+
+    def verified_read(
+        self, contract: str, key: str, *, genesis: Any, at_height: int = -1
+    ) -> tuple[Any, Any]:
+        """A contract's raw state value, proven: (value or None, what was verified).
+
+        The gateway sends a proof and this SDK checks it against ``genesis`` (the
+        network's genesis block, trusted), following the validator set through every
+        configuration change: a node that served falsified data cannot pass.
+        """
+        document = self.proof(
+            ProofRequest(kind="key", namespace=contract, key=key, height=at_height)
+        )
+        proven = _proof_verifier()(document, genesis)
+        return proven.value, proven
+
     def tx_status(self, tx_id: bytes, *, wait_s: float = 0.0) -> TxStatusResponse:
         """Where a transaction stands (optionally waiting for finality)."""
         return self.signed_call(
@@ -320,6 +345,12 @@ class Gateway:
             TxStatusResponse,
             timeout_s=wait_s + 10,
         )
+
+
+def _proof_verifier() -> Any:
+    from kyodo.ledger._proofs import verify_proof_document
+
+    return verify_proof_document
 
 
 class Network:
@@ -397,6 +428,8 @@ def _from_body(body: ErrorBody) -> KyodoError:
         return AccessDenied(body.message, code=body.code)
     if body.code in ("contract_error", "unknown_function"):
         return ContractFailed(body.message, code=body.code)
+    if body.code == "quarantined":  # that node is repairing itself: another may serve
+        return Unavailable(body.message, code=body.code)
     if body.code == "not_found":
         return NotFound(body.message, code=body.code)
     if body.code == "unauthenticated" or body.code.startswith("auth."):

@@ -53,7 +53,7 @@ from kyodo.contracts.errors import (
     ResourceLimitExceeded,
     UnknownContractError,
 )
-from kyodo.ledger import CheckedTx, TxResult, TxStatus
+from kyodo.ledger import CheckedTx, LedgerError, TxResult, TxStatus
 from kyodo.policy import AccessRefused, AclTable, Identity
 
 __all__ = ["BlockExecution", "Executor", "load_package_class"]
@@ -412,11 +412,14 @@ class Executor:
         what the block carries. With ``acl``, a transaction whose creator the rule for
         ``submit/<contract>/<function>`` refuses fails with ACCESS_DENIED.
         """
-        return self._at_fixed_depth(
+        trap = _FaultTrap(state)
+        execution = self._at_fixed_depth(
             lambda: self._execute_block(
-                state, txs, height, block_time_ms, members, cut_at_block_budget, acl
+                trap, txs, height, block_time_ms, members, cut_at_block_budget, acl
             )
         )
+        trap.raise_if_faulted()
+        return execution
 
     def _execute_block(
         self,
@@ -531,9 +534,14 @@ class Executor:
         refusal = _acl_refusal(acl, "evaluate", checked)
         if refusal is not None:
             raise AccessDeniedError(refusal[1], rule=refusal[0])
-        return self._at_fixed_depth(
-            lambda: self._evaluate(state, checked, height, block_time_ms, members)
-        )
+        trap = _FaultTrap(state)
+        try:
+            value = self._at_fixed_depth(
+                lambda: self._evaluate(trap, checked, height, block_time_ms, members)
+            )
+        finally:
+            trap.raise_if_faulted()  # a storage fault outranks whatever the contract did
+        return value
 
     def _evaluate(
         self,
@@ -567,6 +575,48 @@ class Executor:
         if meter.exhausted is not None:
             raise ContractError(f"resource limit: {meter.exhausted}")
         return value
+
+
+class _FaultTrap:
+    """The state as contracts read it, remembering the first storage fault.
+
+    A read that fails because this node's own store is corrupt must fail the whole
+    block (or query), never just the transaction: a contract could catch the error,
+    and recording a failure the other validators did not see would fork the state.
+    """
+
+    def __init__(self, state: StateReader) -> None:
+        self._state = state
+        self.fault: LedgerError | None = None
+
+    def _guard(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except LedgerError as exc:
+            if self.fault is None:
+                self.fault = exc
+            raise
+
+    def get_state(self, namespace: str, key: str) -> Any:
+        return self._guard(lambda: self._state.get_state(namespace, key))
+
+    def iter_state(self, namespace: str, start: str = "", end: str | None = None) -> Any:
+        items = self._guard(lambda: iter(self._state.iter_state(namespace, start, end)))
+        while True:
+            try:
+                item = self._guard(lambda: next(items, None))
+            except LedgerError:
+                raise
+            if item is None:
+                return
+            yield item
+
+    def get_history(self, namespace: str, key: str, *, limit: int = 1000) -> Any:
+        return self._guard(lambda: self._state.get_history(namespace, key, limit=limit))
+
+    def raise_if_faulted(self) -> None:
+        if self.fault is not None:
+            raise self.fault
 
 
 def _acl_refusal(acl: AclTable | None, action: str, checked: CheckedTx) -> tuple[str, str] | None:

@@ -60,7 +60,7 @@ from kyodo.crypto import sha256
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
 from kyodo.gateway._tokens import TokenService
 from kyodo.identity import IdentityError, Member, certificate_der
-from kyodo.ledger import Block, CheckedTx
+from kyodo.ledger import Block, CheckedTx, LedgerError
 from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     MAX_REQUEST_BYTES,
@@ -85,6 +85,8 @@ class RestBackend(Protocol):
     org_id: str
 
     def auth_context(self) -> AuthContext: ...
+
+    def serving_refusal(self) -> str | None: ...
 
     def status(self) -> NodeStatus: ...
 
@@ -247,6 +249,16 @@ def create_app(backend: RestBackend, tokens: TokenService) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _problem(request, exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(LedgerError)
+    async def _on_store_fault(request: Request, exc: LedgerError) -> JSONResponse:
+        return _problem(
+            request,
+            503,
+            "quarantined",
+            f"this node's stored data failed verification ({exc}); it quarantined itself "
+            "and repairs from its peers: use another node",
+        )
+
     @app.exception_handler(Exception)
     async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("gateway_internal_error", path=request.url.path)
@@ -267,6 +279,9 @@ def create_app(backend: RestBackend, tokens: TokenService) -> FastAPI:
         return await call_next(request)
 
     def authenticate(request: Request, authorization: str | None) -> tuple[Any, Member]:
+        refusal = backend.serving_refusal()
+        if refusal is not None:
+            raise Problem(503, "quarantined", refusal)
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Problem(

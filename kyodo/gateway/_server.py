@@ -55,7 +55,7 @@ from kyodo.gateway._auth import (
     request_id,
 )
 from kyodo.identity import IdentityError, Member, load_certificate
-from kyodo.ledger import CheckedTx, TransactionRejectedError, check_envelope
+from kyodo.ledger import CheckedTx, LedgerError, TransactionRejectedError, check_envelope
 from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     GATEWAY_SERVICE,
@@ -66,6 +66,8 @@ from kyodo.wire import (
     ErrorBody,
     EvaluateResponse,
     NodeStatus,
+    ProofRequest,
+    ProofResponse,
     SignedRequest,
     StatusRequest,
     SubmitRequest,
@@ -115,6 +117,10 @@ class GatewayBackend(Protocol):
 
     def auth_context(self) -> AuthContext: ...
 
+    def serving_refusal(self) -> str | None: ...
+
+    async def get_proof(self, request: ProofRequest) -> bytes: ...
+
 
 class GatewayServer:
     """The gRPC server of one node."""
@@ -146,6 +152,7 @@ class GatewayServer:
             "GetTransaction": self._signed("GetTransaction", "transactions.read", self._get_tx),
             "NodeStatus": self._signed("NodeStatus", "node.status", self._node_status),
             "GetConfig": self._signed("GetConfig", "config.read", self._get_config),
+            "GetProof": self._signed("GetProof", "", self._get_proof),
         }
         self._replays = ReplayGuard()
         self._server.add_generic_rpc_handlers(
@@ -190,7 +197,8 @@ class GatewayServer:
             except RequestRejectedError as exc:
                 raise _auth_refused(exc) from exc
             _signer.set(_name(member))
-            _check_acl(context, resource, member)
+            if resource:  # else the method checks the resource it is about itself
+                _check_acl(context, resource, member)
             return await fn(payload.body, member)
 
         checked.__name__ = method
@@ -205,9 +213,24 @@ class GatewayServer:
             caller = _presented(context)  # until authenticated: who the certificate claims
             try:
                 caller = self._authenticate(context)
+                if name != "NodeStatus" and (refusal := self._backend.serving_refusal()):
+                    raise GatewayError(grpc.StatusCode.UNAVAILABLE, "quarantined", refusal)
                 response = await fn(request, caller)
             except GatewayError as exc:
                 await self._refuse(context, name, caller, started, exc)
+            except LedgerError as exc:  # this node's own store failed a check
+                await self._refuse(
+                    context,
+                    name,
+                    caller,
+                    started,
+                    GatewayError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "quarantined",
+                        f"this node's stored data failed verification ({exc}); it quarantined "
+                        "itself and repairs from its peers: use another node",
+                    ),
+                )
             except Exception as exc:  # a bug: logged in full, the caller gets a typed error
                 log.exception("gateway_internal_error", method=name, caller=caller)
                 await self._refuse(
@@ -378,6 +401,22 @@ class GatewayServer:
 
     async def _get_config(self, request: bytes, caller: Member) -> ConfigResponse:
         return self._backend.current_config()
+
+    async def _get_proof(self, request: bytes, caller: Member) -> ProofResponse:
+        req = _decode(ProofRequest, request)
+        resource = {"block": "blocks.read", "tx": "transactions.read", "key": "state.read"}.get(
+            req.kind
+        )
+        if resource is None:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT, "malformed", "kind is block, tx or key"
+            )
+        _check_acl(self._backend.auth_context(), resource, caller)
+        try:
+            document = await self._backend.get_proof(req)
+        except LookupError as exc:
+            raise GatewayError(grpc.StatusCode.NOT_FOUND, "not_found", str(exc)) from exc
+        return ProofResponse(document=document)
 
 
 def _decode(cls: type[Any], data: bytes) -> Any:

@@ -80,6 +80,7 @@ from kyodo.ledger.errors import (
     StateProofError,
     StoredDataError,
     TransactionRejectedError,
+    UnreadableStoreError,
 )
 
 __all__ = [
@@ -121,6 +122,7 @@ __all__ = [
     "TxId",
     "TxResult",
     "TxStatus",
+    "UnreadableStoreError",
     "admin_policy_of",
     "apply_updates",
     "approval_message",

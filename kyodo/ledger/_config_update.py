@@ -120,6 +120,8 @@ def check_config_update(
             f"the admins of the organizations of the new configuration could never satisfy "
             f"its admin policy {policy}: no further change could be approved"
         )
+    if not new.validators():
+        raise _rejected("the configuration has no validator: nothing could order blocks")
     try:
         ConfigView.of(new)
         check_topology(new, allow_fragile=new.allow_fragile_topology)

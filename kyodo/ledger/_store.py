@@ -44,7 +44,7 @@ from kyodo.codec import DecodeError, decode_record, decode_value, encode, encode
 from kyodo.crypto import ZERO_HASH, sha256
 from kyodo.ledger._state_tree import TreeUpdate
 from kyodo.ledger._types import Block, BlockHeader, Height, NetworkConfig, TxId
-from kyodo.ledger.errors import LedgerError, StoredDataError
+from kyodo.ledger.errors import LedgerError, StoredDataError, UnreadableStoreError
 
 __all__ = [
     "HistoryEntry",
@@ -324,13 +324,66 @@ class LedgerStore:
         """Overwrite one stored value (tests and repair tools only)."""
         self._db.write(_single(family, key, value, self._handles), self._sync)
 
+    def delete_raw(self, family: str, key: bytes) -> None:
+        """Delete one stored value (repair and tests only)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(key, self._handles[family])
+        self._db.write(batch, self._sync)
+
+    def get_raw(self, family: str, key: bytes) -> bytes | None:
+        """One stored value, as stored (verification and repair)."""
+        return self._get(family, key)
+
+    def iter_raw(self, family: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of a column family starting with ``prefix``, sorted. A read
+        failure (RocksDB checksum mismatch, I/O error) raises StoredDataError."""
+        options = ReadOptions()
+        if prefix:
+            options.set_iterate_upper_bound(_prefix_end(prefix))
+        try:
+            it = self._cf[family].iter(options)
+            if prefix:
+                it.seek(prefix)
+            else:
+                it.seek_to_first()
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+            it.status()
+        except StoredDataError:
+            raise
+        except Exception as exc:
+            raise UnreadableStoreError(f"storage read failed in {family}: {exc}") from exc
+
+    def write_repair(
+        self,
+        *,
+        puts: Sequence[tuple[str, bytes, bytes]] = (),
+        deletes: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Write verified replacements in one synced atomic batch (repair only)."""
+        batch = WriteBatch(raw_mode=True)
+        for family, key in deletes:
+            batch.delete(key, self._handles[family])
+        for family, key, value in puts:
+            batch.put(key, value, self._handles[family])
+        self._db.write(batch, self._sync)
+
     def _get(self, family: str, key: bytes) -> bytes | None:
         try:
             value = self._cf[family].get(key)
         except Exception as exc:  # RocksDB reports checksum mismatches as exceptions
-            raise StoredDataError(f"storage read failed in {family}: {exc}") from exc
+            raise UnreadableStoreError(f"storage read failed in {family}: {exc}") from exc
         assert value is None or isinstance(value, bytes)
         return value
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\xff" * (len(prefix) + 1)
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def _single(family: str, key: bytes, value: bytes, handles: dict[str, Any]) -> WriteBatch:

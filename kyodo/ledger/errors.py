@@ -40,6 +40,11 @@ class StoredDataError(LedgerError):
         self.height = height
 
 
+class UnreadableStoreError(StoredDataError):
+    """The database itself refused a read (a checksum mismatch in its files, an I/O
+    error): the files are damaged below the level a single value can be replaced at."""
+
+
 class BlockVerificationError(LedgerError):
     """A block (from a peer, or re-read from disk) does not verify.
 

@@ -47,6 +47,12 @@ class NodeConfig:
     """Port of the REST gateway (HTTPS, token login for browsers and tools); 0: none."""
     token_ttl_s: int = 900
     """Lifetime of an access token issued by the REST gateway's login."""
+    verify_cpu_share: float = 0.1
+    """Share of one core the background verifier may use (0: no background verifier)."""
+    verify_interval_s: float = 60.0
+    """Pause between two whole passes of the background verifier."""
+    alert_webhook: str = ""
+    """URL that receives a JSON POST when the node finds falsified data or repairs it."""
     cert_expiry_warning_days: int = 30
     """A certificate of this node expiring sooner shows as a warning in its status."""
     max_frame_bytes: int = 32 * 1024 * 1024

@@ -42,6 +42,27 @@ class NodeMetrics:
             "kyodo_peer_messages_rejected", "Peer messages refused", ["reason"], registry=r
         )
 
+        self.quarantined = Gauge(
+            "kyodo_quarantined",
+            "1 while the node found falsified data in its store and repairs it",
+            registry=r,
+        )
+        self.integrity_faults = Counter(
+            "kyodo_integrity_faults", "Falsified or corrupted data found", ["kind"], registry=r
+        )
+        self.integrity_repairs = Counter(
+            "kyodo_integrity_repairs", "Quarantines ended by a verified repair", registry=r
+        )
+        self.verified_height = Gauge(
+            "kyodo_verified_height", "Tip height of the last whole verification pass", registry=r
+        )
+        self.verify_pass_seconds = Gauge(
+            "kyodo_verify_pass_seconds", "Duration of the last whole verification pass", registry=r
+        )
+        self.verify_pass_bytes = Gauge(
+            "kyodo_verify_pass_bytes", "Bytes read by the last whole verification pass", registry=r
+        )
+
     def start_server(self, host: str, port: int) -> None:
         """Serve /metrics on ``host:port`` (a daemon thread)."""
         if port:

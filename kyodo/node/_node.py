@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
+import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 import kyodo
-from kyodo.codec import DecodeError, decode, decode_record, encode
+from kyodo.codec import DecodeError, decode, decode_record, encode, encode_value
 from kyodo.consensus import (
     BLACKLIST_HEIGHTS,
     AppendCertified,
@@ -89,8 +92,11 @@ from kyodo.ledger import (
     LedgerStore,
     NetworkConfig,
     PreparedState,
+    StateCorruptionError,
+    StoredDataError,
     TransactionRejectedError,
     TxEnvelope,
+    UnreadableStoreError,
     check_config_update,
     check_envelope,
     check_topology,
@@ -104,7 +110,36 @@ from kyodo.ledger import (
     verify_configuration_block,
     verify_link,
 )
+from kyodo.ledger._integrity import (
+    Fault,
+    IntegrityFault,
+    check_block,
+    check_history_key,
+    check_state_key,
+    check_tree_node,
+    iter_history_keys,
+)
+from kyodo.ledger._proofs import (
+    ProofError,
+    build_block_proof,
+    build_key_proof,
+    build_tx_proof,
+    verify_proof_document,
+)
 from kyodo.node._config import NodeConfig
+from kyodo.node._integrity import (
+    VERIFIED_HEIGHT,
+    HighWaterMark,
+    PassReport,
+    RepairRequest,
+    RepairResponse,
+    VerifiedState,
+    Verifier,
+    apply_repair,
+    local_state_repair,
+    read_verified_height,
+    serve_repair,
+)
 from kyodo.node._metrics import NodeMetrics
 from kyodo.p2p import PeerAddress, PeerNetwork, client_context, server_context
 from kyodo.policy import AccessRefused, Identity
@@ -112,6 +147,7 @@ from kyodo.wire import (
     ConfigResponse,
     EvaluateResponse,
     NodeStatus,
+    ProofRequest,
     TxResponse,
     TxStatusResponse,
 )
@@ -121,6 +157,11 @@ __all__ = ["Node", "run_node"]
 log = structlog.get_logger("kyodo.node")
 T = TypeVar("T")
 _SYNC_MAX_BYTES = 16 * 1024 * 1024
+REBUILD_MARKER = "rebuild-store"
+"""A file in the node's home: at the next start the store is set aside and rebuilt."""
+EXIT_REBUILD = 75
+"""Exit status of a node that found its store's files damaged (start it again: it
+rebuilds from its peers)."""
 _RECENT_TXS = 100_000
 PREVIOUS_SIGNING_KEY = "signing-previous.key"
 """Where a key rotation keeps the old key: a node restarted before it appended the
@@ -202,6 +243,16 @@ class Node:
         self._tip: tuple[int, bytes, bytes] = (-1, b"", b"")
         """(height, hash, state root) of the last appended block, kept by the loop."""
         self._last_error = ""
+        self._faults: dict[Fault, IntegrityFault] = {}
+        """What this node found falsified in its own store and has not repaired yet:
+        while it is not empty the node is quarantined (module kyodo.node._integrity)."""
+        self._quarantined_at = 0.0
+        self._repairing = False
+        self._repair_waiters: dict[bytes, asyncio.Future[RepairResponse]] = {}
+        self._mark = HighWaterMark(home / "tip.mark")
+        self._mark_height = -1
+        self.verifier: Verifier | None = None
+        self._network_up = False
 
     # -- configuration epochs --------------------------------------------------------
 
@@ -295,20 +346,26 @@ class Node:
     async def run(self) -> None:
         """Open the store, start serving, run until SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        self.store = await self._in_ledger(self._open_store)
-        configs = await self._in_ledger(self.store.get_configs)
-        if configs:  # a restart after configuration changes: the newest is in force
-            self._epochs = Epochs(configs)
-        self._adopt_config(self._epochs.latest())
-        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
+        if (self.home / REBUILD_MARKER).exists():
+            await self._in_ledger(self._set_store_aside, "it was found unreadable")
+        try:
+            startup_faults = await self._open_and_check()
+        except UnreadableStoreError as exc:  # damaged files: start over from the peers
+            await self._in_ledger(self._set_store_aside, str(exc))
+            startup_faults = await self._open_and_check()
         height = self.store.height()
         assert height is not None
-        self._tip = (height, self.store.tip_hash(), self.store.state_root())
-        self.consensus = await self._in_ledger(self._make_consensus)
-        self.metrics.height.set(height)
+        for fault in startup_faults:  # quarantined before the gateways open
+            self._on_fault(fault)
         await self._start_network()
+        self._network_up = True
+        if self._faults and not self._repairing:
+            self._repairing = True
+            self._spawn(self._repair_loop())
+        self._start_verifier()
         self._ready = True
         log.info(
             "node_ready",
@@ -322,6 +379,8 @@ class Node:
         await self._stopping.wait()
         log.info("node_stopping", node=self.cfg.node_id)
         ticker.cancel()
+        if self.verifier is not None:
+            self.verifier.stop()
         await self.gateway.stop(0.5)
         if self.rest is not None:
             await self.rest.stop()
@@ -330,6 +389,45 @@ class Node:
         self._ledger_thread.shutdown()
         self._wal_thread.shutdown()
         self._readers.shutdown()
+
+    async def _open_and_check(self) -> list[IntegrityFault]:
+        """Open the store, take its configurations, build the consensus core and check
+        the store since the last verified height (UnreadableStoreError: files damaged)."""
+        self.store = await self._in_ledger(self._open_store)
+        configs = await self._in_ledger(self.store.get_configs)
+        if configs:  # a restart after configuration changes: the newest is in force
+            self._epochs = Epochs(configs)
+        self._adopt_config(self._epochs.latest())
+        self.metrics.fragile_topology.set(1 if self.topology.fragile else 0)
+        height = self.store.height()
+        assert height is not None
+        self._tip = (height, self.store.tip_hash(), self.store.state_root())
+        faults: list[IntegrityFault] = await self._in_ledger(self._startup_check)
+        for fault in faults:
+            if fault.fault.kind == "unreadable":
+                raise UnreadableStoreError(str(fault))
+        self.consensus = await self._in_ledger(self._make_consensus)
+        self.metrics.height.set(height)
+        return faults
+
+    def _set_store_aside(self, why: str) -> None:
+        """Move a damaged store aside (kept for investigation) so the node starts from
+        genesis and fetches every block again from its peers, verifying each one."""
+        data = self.cfg.resolve(self.home, self.cfg.data_dir)
+        with contextlib.suppress(AttributeError, LedgerError):
+            self.store.close()
+        aside = data.with_name(f"{data.name}.damaged-{int(time.time())}")
+        if data.exists():
+            data.rename(aside)
+        (self.home / REBUILD_MARKER).unlink(missing_ok=True)
+        self._epochs = Epochs([(0, self.genesis.config)])  # type: ignore[list-item]
+        log.critical(
+            "store_set_aside",
+            node=self.cfg.node_id,
+            why=why,
+            moved_to=str(aside),
+            action="rebuilding from the peers: every block is fetched and verified again",
+        )
 
     def _open_store(self) -> LedgerStore:
         store = LedgerStore(self.cfg.resolve(self.home, self.cfg.data_dir))
@@ -357,6 +455,285 @@ class Node:
             assert parent is not None
             verify_link(tip.header, parent.header)
         self._tip_header = tip.header
+
+    def _startup_check(self) -> list[IntegrityFault]:
+        """Every block since the last fully verified height, and the store's height
+        against this node's high-water mark (ledger thread, before serving)."""
+        store = self.store
+        tip = store.height()
+        assert tip is not None
+        faults: list[IntegrityFault] = []
+        start = min(read_verified_height(store), tip)
+        parent = None
+        started = time.monotonic()
+        for height in range(start, tip + 1):
+            try:
+                block = check_block(
+                    store,
+                    height,
+                    self._view_at,
+                    genesis_hash=self.genesis.block_hash(),
+                    parent_hash=parent,
+                )
+            except IntegrityFault as fault:
+                faults.append(fault)
+                parent = None
+                continue
+            parent = block.block_hash()
+        mark = self._mark.read()
+        self._mark_height = tip if mark is None else max(mark[0], tip)
+        if mark is not None and mark[0] > tip:
+            faults.append(
+                IntegrityFault(
+                    f"the store's tip is {tip} but this node had appended up to {mark[0]}: the "
+                    "store was rolled back or replaced by an older copy",
+                    Fault("rollback", height=mark[0]),
+                )
+            )
+        log.info(
+            "startup_verified",
+            node=self.cfg.node_id,
+            heights=f"{start}..{tip}",
+            faults=len(faults),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return faults
+
+    def _start_verifier(self) -> None:
+        if self.cfg.verify_cpu_share <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self.verifier = Verifier(
+            self.store,
+            view_at=self._view_at,
+            genesis_hash=self.genesis.block_hash(),
+            configs_of_chain=lambda: list(self._epochs.all()),
+            on_fault=lambda f: _discard(loop.call_soon_threadsafe(self._on_fault, f)),
+            on_pass=lambda r, tip: _discard(loop.call_soon_threadsafe(self._on_verified, r, tip)),
+            cpu_share=self.cfg.verify_cpu_share,
+            interval_s=self.cfg.verify_interval_s,
+        )
+        self.verifier.start()
+
+    def _on_verified(self, report: PassReport, tip: int) -> None:
+        """A whole pass found nothing wrong up to ``tip``."""
+        self.metrics.verified_height.set(tip)
+        self.metrics.verify_pass_seconds.set(report.seconds)
+        self.metrics.verify_pass_bytes.set(report.bytes_read)
+        log.info(
+            "store_verified",
+            tip=tip,
+            blocks=report.blocks,
+            tree_nodes=report.nodes,
+            state_keys=report.state_keys,
+            history_keys=report.history_keys,
+            mb=round(report.bytes_read / 1e6, 2),
+            seconds=round(report.seconds, 2),
+        )
+        if not self._faults:
+            self._spawn(
+                self._in_ledger(self.store.put_raw, "meta", VERIFIED_HEIGHT, encode_value(tip))
+            )
+
+    # -- quarantine and repair -------------------------------------------------------
+
+    def serving_refusal(self) -> str | None:
+        """Why this node does not serve data now (quarantined), or None."""
+        if not self._faults:
+            return None
+        kinds = ", ".join(sorted({f.kind for f in self._faults}))
+        return (
+            f"{self.cfg.node_id} found falsified or corrupted data in its own store ({kinds}) "
+            "and quarantined itself while it repairs from its peers; use another node"
+        )
+
+    def _on_fault(self, exc: IntegrityFault) -> None:
+        """Quarantine: stop voting and serving, raise the alarm, start repairing."""
+        fault = exc.fault
+        if fault.kind == "unreadable":  # no in-place repair: restart and rebuild
+            log.critical(
+                "integrity_fault_detected",
+                node=self.cfg.node_id,
+                kind="unreadable",
+                detail=str(exc),
+                action="the store's files are damaged; the node stops and, started again, "
+                "sets the store aside and rebuilds it from its peers",
+            )
+            self.metrics.integrity_faults.labels("unreadable").inc()
+            self._alert("integrity_fault_detected", kind="unreadable", detail=str(exc))
+            (self.home / REBUILD_MARKER).write_text(str(exc))
+            self.exit_code = EXIT_REBUILD
+            self._stopping.set()
+            return
+        if fault in self._faults:
+            return
+        first = not self._faults
+        self._faults[fault] = exc
+        if first:
+            self._quarantined_at = time.monotonic()
+        self.metrics.quarantined.set(1)
+        self.metrics.integrity_faults.labels(fault.kind).inc()
+        log.error(
+            "integrity_fault_detected",
+            node=self.cfg.node_id,
+            kind=fault.kind,
+            height=fault.height,
+            key=None if fault.key is None else fault.key.hex(),
+            detail=str(exc),
+        )
+        self._alert("integrity_fault_detected", kind=fault.kind, detail=str(exc))
+        if not self._repairing and self._network_up:
+            self._repairing = True
+            self._spawn(self._repair_loop())
+
+    def _alert(self, event: str, **fields: Any) -> None:
+        """POST an alert to the operator's webhook, if configured (never blocks the loop)."""
+        if not self.cfg.alert_webhook:
+            return
+        body = json.dumps({"event": event, "node": self.cfg.node_id, **fields}).encode()
+
+        def post() -> None:
+            request = urllib.request.Request(  # noqa: S310 - the operator's own URL
+                self.cfg.alert_webhook,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                    pass
+            except OSError as exc:
+                log.warning("alert_webhook_failed", detail=str(exc))
+
+        self._readers.submit(post)
+
+    async def _repair_loop(self) -> None:
+        """Repair every fault from the peers, check again, leave quarantine when clean."""
+        attempt = 0
+        try:
+            while self._faults and not self._stopping.is_set():
+                attempt += 1
+                for fault in list(self._faults):
+                    await self._repair_one(fault)
+                if self._faults:
+                    await asyncio.sleep(min(2.0, 0.2 * attempt))  # back off between rounds
+        finally:
+            self._repairing = False
+        if not self._faults:
+            took = time.monotonic() - self._quarantined_at
+            self.metrics.quarantined.set(0)
+            self.metrics.integrity_repairs.inc()
+            log.warning("integrity_repaired", node=self.cfg.node_id, seconds=round(took, 3))
+            self._alert("integrity_repaired", seconds=round(took, 3))
+            if self.verifier is not None:
+                self.verifier.run_now()
+
+    async def _repair_one(self, fault: Fault) -> None:
+        if fault.kind == "rollback":
+            if self._tip[0] >= (fault.height or 0):
+                self._faults.pop(fault, None)
+            return
+        request = RepairRequest(request_id=os.urandom(8))
+        if fault.kind in ("block", "txindex") and fault.height is not None:
+            request = replace(request, heights=(fault.height,))
+        elif fault.kind == "tree" and fault.key is not None:
+            request = replace(request, node_hashes=(fault.key,))
+        elif fault.kind in ("state", "state_missing"):
+            done = await self._in_ledger(local_state_repair, self.store, fault)
+            if not done and fault.key is not None and fault.kind == "state":
+                request = replace(request, state_keys=(fault.key,))
+        elif fault.kind == "history" and fault.key is not None:
+            request = replace(request, history_keys=(fault.key,))
+        if request.heights or request.node_hashes or request.state_keys or request.history_keys:
+            await self._ask_peers(request)
+        if await self._in_ledger(self._recheck, fault):
+            self._faults.pop(fault, None)
+            log.info("fault_repaired", kind=fault.kind, height=fault.height)
+
+    async def _ask_peers(self, request: RepairRequest) -> None:
+        """Send ``request`` to every connected peer; apply each verified answer."""
+        future: asyncio.Future[RepairResponse] = asyncio.get_running_loop().create_future()
+        self._repair_waiters[request.request_id] = future
+        payload = encode(request)
+        for peer in self.p2p.connected():
+            self.p2p.send(peer, payload)
+        try:
+            response = await asyncio.wait_for(future, 3.0)
+        except TimeoutError:
+            log.warning("repair_no_answer", request=request.request_id.hex())
+            return
+        finally:
+            self._repair_waiters.pop(request.request_id, None)
+        done = await self._in_ledger(
+            lambda: apply_repair(
+                self.store,
+                response,
+                view_at=self._view_at,
+                genesis_hash=self.genesis.block_hash(),
+            )
+        )
+        for item in done:
+            log.warning("repaired_from_peer", item=item)
+
+    def _recheck(self, fault: Fault) -> bool:
+        """Whether the fault is gone (ledger thread)."""
+        store = self.store
+        genesis_hash = self.genesis.block_hash()
+        try:
+            if fault.kind in ("block", "txindex") and fault.height is not None:
+                check_block(store, fault.height, self._view_at, genesis_hash=genesis_hash)
+            elif fault.kind == "tree" and fault.key is not None:
+                node = store.get_node(fault.key)
+                if node is None:
+                    return False
+                check_tree_node(fault.key, node)
+            elif fault.kind == "state" and fault.key is not None:
+                check_state_key(store, fault.key, store.state_root())
+            elif fault.kind == "state_missing" and fault.key is not None:
+                found = next((k for k in iter_history_keys(store) if sha256(k) == fault.key), None)
+                if found is None:
+                    return False
+                check_state_key(store, found, store.state_root())
+            elif fault.kind == "history" and fault.key is not None:
+                tip = store.height() or 0
+                blocks: dict[int, Block] = {}
+
+                def block_at(h: int) -> Block:
+                    if h not in blocks:
+                        blocks[h] = check_block(store, h, self._view_at, genesis_hash=genesis_hash)
+                    return blocks[h]
+
+                check_history_key(
+                    store,
+                    fault.key,
+                    state_root_at=lambda h: block_at(h).header.state_root,
+                    tx_id_at=lambda h, i: (
+                        block_at(h).txs[i].tx_id() if i < len(block_at(h).txs) else None
+                    ),
+                    tip=tip,
+                )
+            elif fault.kind == "config":
+                stored = [c for _, c in store.get_configs()]
+                if stored[: len(self._epochs.all())] != list(self._epochs.all()):
+                    return False
+        except (IntegrityFault, LedgerError) as exc:
+            log.info("fault_still_present", kind=fault.kind, detail=str(exc))
+            return False
+        return True
+
+    async def _serve_repair(self, peer: str, request: RepairRequest) -> None:
+        """Answer a peer's repair request with what this node can vouch for."""
+        response, faults = await self._in_reader(
+            lambda: serve_repair(
+                self.store,
+                request,
+                view_at=self._view_at,
+                genesis_hash=self.genesis.block_hash(),
+            )
+        )
+        for fault in faults:  # our own copy is bad too: it is never sent
+            self._on_fault(fault)
+        self.p2p.send(peer, encode(response))
 
     def _peer_addresses(self) -> list[PeerAddress]:
         return [
@@ -568,6 +945,12 @@ class Node:
             if isinstance(action, PersistWal):
                 self._spawn(self._persist_then(action.state, actions[index + 1 :]))
                 return
+            if (
+                isinstance(action, Send | Broadcast)
+                and self._faults
+                and (isinstance(action.message, BFT_MESSAGES))
+            ):
+                continue  # quarantined: no votes, proposals or view changes leave
             if isinstance(action, Send):
                 self.p2p.send(action.to, encode(action.message))
             elif isinstance(action, Broadcast):
@@ -647,6 +1030,9 @@ class Node:
         """Append a block certified by a quorum: ours (``sender`` None) or a peer's."""
         try:
             await self._in_ledger(self._append_block, block)
+        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the block
+            self._on_fault(_as_fault(exc))
+            return
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
             if sender is None:  # we verified it before voting: failing now is a bug
                 self._halt("certified_block_failed", exc)
@@ -685,6 +1071,9 @@ class Node:
     def _on_appended(self, block: Block) -> None:
         height = block.header.height
         self._tip = (height, block.block_hash(), block.header.state_root)
+        if height > self._mark_height:  # never lowered: a rollback must stay visible
+            self._mark_height = height
+            self._mark.write(height, block.block_hash())
         self._last_append_s = time.monotonic()
         self.metrics.height.set(height)
         self.metrics.txs_committed.inc(len(block.txs))
@@ -898,6 +1287,12 @@ class Node:
             self._spawn(self._on_forwarded(message.envelope, peer))
         elif isinstance(message, SyncRequest):
             self._spawn(self._serve_sync(peer, message))
+        elif isinstance(message, RepairRequest):
+            self._spawn(self._serve_repair(peer, message))
+        elif isinstance(message, RepairResponse):
+            waiter = self._repair_waiters.get(message.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
         elif isinstance(message, (*BFT_MESSAGES, SyncResponse, StatusMessage)):
             self._apply(self.consensus.on_message(peer, message, now_ms()))
         else:
@@ -934,8 +1329,10 @@ class Node:
                 raw = self.store.get_block_bytes(height)
                 if raw is None or size + len(raw) > _SYNC_MAX_BYTES:
                     break
-                block = self.store.get_block(height)
-                assert block is not None
+                try:  # a falsified block never leaves this node
+                    block = self._checked_block(height)
+                except IntegrityFault:
+                    break
                 blocks.append(block)
                 size += len(raw)
             return blocks
@@ -1038,7 +1435,7 @@ class Node:
             height = self.store.height()
             assert height is not None
             result = self.executor.evaluate(
-                self.store,
+                VerifiedState(self.store, self.store.state_root()),
                 checked,
                 height=height,
                 block_time_ms=now_ms(),
@@ -1071,14 +1468,34 @@ class Node:
         return await self._wait(tx_id, waiter, wait_ms)
 
     async def get_block(self, height: int) -> bytes | None:
-        """Canonical bytes of a block (-1: the tip)."""
+        """Canonical bytes of a block (-1: the tip), checked against its certificate
+        before it leaves (a falsified block quarantines the node instead)."""
 
         def read() -> bytes | None:
             tip = self.store.height()
             assert tip is not None
-            return self.store.get_block_bytes(tip if height < 0 else height)
+            at = tip if height < 0 else height
+            if at > tip:
+                return None
+            self._checked_block(at)
+            return self.store.get_block_bytes(at)
 
         return await self._in_reader(read)  # type: ignore[no-any-return]
+
+    def _checked_block(self, height: int, *, with_index: bool = False) -> Block:
+        """The stored block at ``height`` if it verifies (any thread); on a fault the
+        node quarantines itself and the fault is raised to the caller."""
+        try:
+            return check_block(
+                self.store,
+                height,
+                self._view_at,
+                genesis_hash=self.genesis.block_hash(),
+                with_index=with_index,
+            )
+        except IntegrityFault as fault:
+            self._loop.call_soon_threadsafe(self._on_fault, fault)
+            raise
 
     async def get_tx(self, tx_id: bytes) -> TxResponse | None:
         """A committed transaction with its result."""
@@ -1087,8 +1504,7 @@ class Node:
             location = self.store.get_tx_location(tx_id)
             if location is None:
                 return None
-            block = self.store.get_block(location[0])
-            assert block is not None
+            block = self._checked_block(location[0], with_index=True)
             envelope, result = block.txs[location[1]], block.results[location[1]]
             return TxResponse(
                 envelope=envelope,
@@ -1100,6 +1516,37 @@ class Node:
             )
 
         return await self._in_reader(read)  # type: ignore[no-any-return]
+
+    async def get_proof(self, request: ProofRequest) -> bytes:
+        """A ``kyodo-proof/v1`` document, verified here against the genesis block before
+        it leaves (LookupError: no such block, transaction or height)."""
+
+        def build() -> bytes:
+            store = self.store
+            try:
+                if request.kind == "block":
+                    doc = build_block_proof(store, request.height)
+                elif request.kind == "tx":
+                    doc = build_tx_proof(store, request.tx_id)
+                else:
+                    at = None if request.height < 0 else request.height
+                    doc = build_key_proof(store, request.namespace, request.key, at)
+            except ProofError as exc:
+                if exc.reason == "not_found":
+                    raise LookupError(str(exc)) from exc
+                raise
+            try:
+                verify_proof_document(doc, self.genesis)
+            except ProofError as exc:  # our own data does not prove out: quarantine
+                fault = IntegrityFault(
+                    f"a proof built from this store does not verify: {exc}",
+                    Fault("block", height=doc.get("height") if isinstance(doc, dict) else None),
+                )
+                self._loop.call_soon_threadsafe(self._on_fault, fault)
+                raise fault from exc
+            return json.dumps(doc, separators=(",", ":")).encode()
+
+        return await self._in_reader(build)  # type: ignore[no-any-return]
 
     def current_config(self) -> ConfigResponse:
         """The newest configuration and the height it is in force from."""
@@ -1147,6 +1594,11 @@ class Node:
                 problems.append(
                     f"WARNING {kind} certificate expires in {days} days ({expires.date()})"
                 )
+        if self._faults:
+            healthy = False
+            problems.insert(
+                0, f"QUARANTINED: {'; '.join(str(e) for e in self._faults.values())[:600]}"
+            )
         detail = "; ".join(problems) if problems else "ok"
         return NodeStatus(
             node_id=self.cfg.node_id,
@@ -1162,6 +1614,20 @@ class Node:
             version=kyodo.__version__,
             chain_id=self.chain_id,
         )
+
+
+def _discard(_: object) -> None:
+    """Drop a value (a loop handle the caller has no use for)."""
+
+
+def _as_fault(exc: Exception) -> IntegrityFault:
+    """A storage error met while appending, as a fault to repair."""
+    if isinstance(exc, IntegrityFault):
+        return exc
+    if isinstance(exc, StateCorruptionError):
+        return IntegrityFault(str(exc), Fault("tree", key=bytes.fromhex(exc.node_hash)))
+    height = getattr(exc, "height", None)
+    return IntegrityFault(str(exc), Fault("block", height=height))
 
 
 def _final(

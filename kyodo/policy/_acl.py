@@ -9,6 +9,8 @@ An ACL maps a *resource* to a policy of :mod:`kyodo.policy`. The resources:
 ``evaluate``, ``evaluate/..`` running a query, with the same refinements
 ``blocks.read``               reading blocks
 ``transactions.read``         reading committed transactions and their status
+``state.read``                proofs of any contract's raw state (bypasses the contract's
+                              own function rules: auditors and admins by default)
 ``config.read``               reading the network configuration
 ``node.status``               reading a node's status
 ``events.subscribe``          subscribing to block, transaction and contract events
@@ -47,6 +49,7 @@ RESOURCES = (
     "evaluate",
     "blocks.read",
     "transactions.read",
+    "state.read",
     "config.read",
     "node.status",
     "events.subscribe",
@@ -59,6 +62,7 @@ DEFAULT_ACLS: Mapping[str, str] = {
     "evaluate": "'*.member'",
     "blocks.read": "'*.member'",
     "transactions.read": "'*.member'",
+    "state.read": "OR('*.auditor', '*.admin')",
     "config.read": "'*.member'",
     "node.status": "'*.member'",
     "events.subscribe": "'*.member'",

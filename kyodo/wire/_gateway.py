@@ -22,6 +22,8 @@ __all__ = [
     "ErrorBody",
     "EvaluateResponse",
     "NodeStatus",
+    "ProofRequest",
+    "ProofResponse",
     "RequestPayload",
     "SignedRequest",
     "StatusRequest",
@@ -196,3 +198,26 @@ class SignedRequest:
 def login_message(chain_id: str, challenge: bytes) -> bytes:
     """What a user signs to answer a REST gateway's login challenge."""
     return b"kyodo/login/v1\x00" + chain_id.encode() + b"\x00" + challenge
+
+
+@record(76)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProofRequest:
+    """Ask for a self-contained proof (``kyodo-proof/v1``) of a block, a transaction or a
+    key's value at a height."""
+
+    kind: str
+    """``block``, ``tx`` or ``key``."""
+    height: int = -1
+    """``block``: its height; ``key``: the height to prove the value at (-1: the tip)."""
+    tx_id: bytes = b""
+    namespace: str = ""
+    key: str = ""
+
+
+@record(77)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProofResponse:
+    """The proof document, as UTF-8 JSON (verify it with ``kyodo verify-proof``)."""
+
+    document: bytes
