@@ -33,7 +33,7 @@ from kyodo.ledger._epochs import ConfigView
 from kyodo.node._integrity import VerifiedState, Verifier
 
 console = Console()
-KYODO = [sys.executable, "-m", "kyodo.cli"]
+KYODO = [str(Path(sys.executable).parent / "kyodo")]
 
 
 def _network(folder: Path | None, load_s: float) -> tuple[LocalNetwork, Path | None]:
@@ -43,13 +43,34 @@ def _network(folder: Path | None, load_s: float) -> tuple[LocalNetwork, Path | N
     net = create_network(scratch / "net", orgs=4, progress=lambda m: console.print(f"  {m}"))
     for node in net.nodes:
         net.start(node)
+    deadline = time.monotonic() + 60
+    while not all(_ready(net, n) for n in net.nodes):
+        if time.monotonic() > deadline:
+            raise SystemExit("the network did not become ready within 60 s")
+        time.sleep(0.2)  # polling the nodes' status until ready, with a deadline
     console.print(f"loading the network with transfers for {load_s:.0f} s ...")
     subprocess.run(
-        [*KYODO, "bench", "--clients", "16", "--duration", str(load_s), "--dir", str(net.folder)],
+        [
+            *KYODO,
+            "bench",
+            "--clients",
+            "16",
+            "--duration",
+            str(int(load_s)),
+            "--dir",
+            str(net.folder),
+        ],
         check=True,
         capture_output=True,
     )
     return net, scratch
+
+
+def _ready(net: LocalNetwork, node: object) -> bool:
+    try:
+        return bool(net.status(node).healthy)  # type: ignore[arg-type]
+    except Exception:
+        return False
 
 
 def main() -> None:

@@ -177,7 +177,7 @@ def tx_writes(execution: BlockExecution, checked: CheckedTx) -> list[Any]:
 
 def test_builtin_contracts() -> None:
     executor = Executor(BUILTIN_CONTRACTS)
-    assert executor.contract_names() == ["_config", "_lifecycle", "_recovery", ASSET]
+    assert executor.contract_names() == ["_audit", "_config", "_lifecycle", "_recovery", ASSET]
     assert set(BUILTIN_CONTRACTS["_config"].functions()) == {"update", "current"}
     functions = BUILTIN_CONTRACTS[ASSET].functions()
     assert set(functions) == {"create_account", "issue", "transfer", "balance", "account"}

@@ -2,6 +2,7 @@
 
 from kyodo.cli._acl_cli import acl_app
 from kyodo.cli._app import app, main
+from kyodo.cli._audit_cli import audit_app
 from kyodo.cli._ca import ca_app
 from kyodo.cli._contract import contract_app
 from kyodo.cli._proof_cli import proof_app, verify_proof_command
@@ -11,6 +12,7 @@ app.add_typer(contract_app, name="contract")
 app.add_typer(ca_app, name="ca")
 app.add_typer(acl_app, name="acl")
 app.add_typer(proof_app, name="proof")
+app.add_typer(audit_app, name="audit")
 app.command("verify-proof")(verify_proof_command)
 app.add_typer(recovery_app, name="recovery")
 

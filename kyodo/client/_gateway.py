@@ -42,6 +42,10 @@ from kyodo.codec import decode_record, encode
 from kyodo.crypto import Signer
 from kyodo.wire import (
     GATEWAY_SERVICE,
+    AuditExportRequest,
+    AuditExportResponse,
+    AuditQueryRequest,
+    AuditRecords,
     BlockRequest,
     BlockResponse,
     ConfigResponse,
@@ -336,6 +340,24 @@ class Gateway:
         )
         proven = _proof_verifier()(document, genesis)
         return proven.value, proven
+
+    def audit_query(self, request: AuditQueryRequest) -> tuple[list[Any], int]:
+        """Records of the gateway node's audit log (``kyodo.audit.AuditRecord``) and the
+        log's size. Needs ``audit.read``; the query is itself recorded."""
+        from kyodo.audit import AuditRecord
+
+        response: AuditRecords = self.signed_call("AuditQuery", request, AuditRecords)
+        return [decode_record(AuditRecord, raw) for raw in response.records], response.size
+
+    def audit_export(self, request: AuditExportRequest) -> AuditExportResponse:
+        """An export of the gateway node's audit log, under a checkpoint it signs now."""
+        return self.signed_call("AuditExport", request, AuditExportResponse, timeout_s=120)
+
+    def audit_anchor(self) -> TxStatusResponse:
+        """Have the gateway node anchor its audit log's root on the ledger now."""
+        return self.signed_call(
+            "AuditAnchor", StatusRequest(tx_id=b"", wait_ms=0), TxStatusResponse, timeout_s=30
+        )
 
     def tx_status(self, tx_id: bytes, *, wait_s: float = 0.0) -> TxStatusResponse:
         """Where a transaction stands (optionally waiting for finality)."""

@@ -1,6 +1,7 @@
 """Smart contract services: the contract SDK, the execution context, the executor."""
 
 from kyodo.contracts._asset_transfer import AssetTransfer
+from kyodo.contracts._audit import AUDIT_CONTRACT, AuditAnchorContract
 from kyodo.contracts._config import ConfigContract
 from kyodo.contracts._context import Caller, Context, StateReader, TxOverlay
 from kyodo.contracts._executor import BlockExecution, Executor, load_package_class
@@ -26,17 +27,20 @@ BUILTIN_CONTRACTS: dict[str, type[Contract]] = {
     ConfigContract.name: ConfigContract,
     LifecycleContract.name: LifecycleContract,
     RecoveryContract.name: RecoveryContract,
+    AuditAnchorContract.name: AuditAnchorContract,
 }
 """Contracts built into every node (trusted code); others are deployed through
 ``_lifecycle`` and run sandboxed."""
 
 __all__ = [
     "ACTIONS",
+    "AUDIT_CONTRACT",
     "BUILTIN_CONTRACTS",
     "MAX_PACKAGE_BYTES",
     "AccessDeniedError",
     "ArgumentError",
     "AssetTransfer",
+    "AuditAnchorContract",
     "BlockExecution",
     "Caller",
     "CodeRejectedError",

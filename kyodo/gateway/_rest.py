@@ -54,6 +54,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
@@ -170,6 +171,7 @@ def _problem(
         detail=detail,
         transport="rest",
     )
+    _record(request, "refused", f"{code}:{rule}" if rule else code, detail, b"")
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
@@ -185,7 +187,29 @@ def _ok(request: Request, payload: BaseModel | dict[str, Any]) -> JSONResponse:
         response_sha256=sha256(body).hex(),
         transport="rest",
     )
+    _record(request, "allowed", "", "", sha256(body))
     return JSONResponse(data)
+
+
+def _record(request: Request, decision: str, rule: str, detail: str, digest: bytes) -> None:
+    """Append the call to the node's tamper-evident audit log."""
+    audit: AuditLog | None = getattr(request.app.state, "audit", None)
+    if audit is None:
+        return
+    try:
+        audit.append(
+            identity=getattr(request.state, "identity", "anonymous"),
+            peer=request.client.host if request.client else "",
+            transport="rest",
+            operation=f"{request.method} {request.url.path}"[:128],
+            subject=request.url.path[:256],
+            decision=decision,
+            rule=rule,
+            detail=detail,
+            response_sha256=digest,
+        )
+    except AuditError as exc:
+        log.critical("audit_append_failed", detail=str(exc))
 
 
 def _now_ms() -> int:
@@ -223,8 +247,10 @@ def _canonical_arg(value: Any, path: str) -> Any:
     return value
 
 
-def create_app(backend: RestBackend, tokens: TokenService) -> FastAPI:
-    """The REST application of one node."""
+def create_app(
+    backend: RestBackend, tokens: TokenService, *, audit: AuditLog | None = None
+) -> FastAPI:
+    """The REST application of one node (every call recorded in ``audit``)."""
     app = FastAPI(
         title="Kyodo gateway",
         version="1",
@@ -233,6 +259,7 @@ def create_app(backend: RestBackend, tokens: TokenService) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.audit = audit
 
     @app.exception_handler(Problem)
     async def _on_problem(request: Request, exc: Problem) -> JSONResponse:

@@ -44,6 +44,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
@@ -60,6 +61,10 @@ from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     GATEWAY_SERVICE,
     MAX_REQUEST_BYTES,
+    AuditExportRequest,
+    AuditExportResponse,
+    AuditQueryRequest,
+    AuditRecords,
     BlockRequest,
     BlockResponse,
     ConfigResponse,
@@ -82,16 +87,20 @@ __all__ = ["ERROR_TRAILER", "GatewayBackend", "GatewayError", "GatewayServer"]
 log = structlog.get_logger("kyodo.gateway")
 ERROR_TRAILER = "kyodo-error-bin"
 _signer: ContextVar[str] = ContextVar("kyodo_gateway_signer", default="")
+_about: ContextVar[str] = ContextVar("kyodo_gateway_about", default="")
+"""What the call is about (contract and function, keys, a query), for the audit log."""
 """org/role/name of the request's verified signer, for the audit record."""
 
 
 class GatewayError(Exception):
     """A refusal with a stable code, mapped to a gRPC status."""
 
-    def __init__(self, status: grpc.StatusCode, code: str, message: str) -> None:
+    def __init__(self, status: grpc.StatusCode, code: str, message: str, *, rule: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.rule = rule
+        """The ACL rule that refused, if one did."""
 
 
 class GatewayBackend(Protocol):
@@ -121,6 +130,12 @@ class GatewayBackend(Protocol):
 
     async def get_proof(self, request: ProofRequest) -> bytes: ...
 
+    async def audit_query(self, request: AuditQueryRequest) -> AuditRecords: ...
+
+    async def audit_export(self, request: AuditExportRequest) -> AuditExportResponse: ...
+
+    async def audit_anchor(self) -> TxStatusResponse: ...
+
 
 class GatewayServer:
     """The gRPC server of one node."""
@@ -135,8 +150,10 @@ class GatewayServer:
         key_pem: bytes,
         host: str,
         port: int,
+        audit: AuditLog | None = None,
     ) -> None:
         self._backend = backend
+        self._audit = audit
         self._org_cas = x509.load_pem_x509_certificates(org_ca_pem)  # root, intermediates
         self._server = grpc.aio.server(
             options=[
@@ -145,14 +162,17 @@ class GatewayServer:
             ]
         )
         handlers = {
-            "Submit": self._unary(self._submit),
-            "Evaluate": self._unary(self._evaluate),
+            "Submit": self._unary(self._submit, "Submit"),
+            "Evaluate": self._unary(self._evaluate, "Evaluate"),
             "TxStatus": self._signed("TxStatus", "transactions.read", self._tx_status),
             "GetBlock": self._signed("GetBlock", "blocks.read", self._get_block),
             "GetTransaction": self._signed("GetTransaction", "transactions.read", self._get_tx),
             "NodeStatus": self._signed("NodeStatus", "node.status", self._node_status),
             "GetConfig": self._signed("GetConfig", "config.read", self._get_config),
             "GetProof": self._signed("GetProof", "", self._get_proof),
+            "AuditQuery": self._signed("AuditQuery", "audit.read", self._audit_query),
+            "AuditExport": self._signed("AuditExport", "audit.read", self._audit_export),
+            "AuditAnchor": self._signed("AuditAnchor", "audit.anchor", self._audit_anchor),
         }
         self._replays = ReplayGuard()
         self._server.add_generic_rpc_handlers(
@@ -201,15 +221,17 @@ class GatewayServer:
                 _check_acl(context, resource, member)
             return await fn(payload.body, member)
 
-        checked.__name__ = method
-        return self._unary(checked)
+        return self._unary(checked, method)
 
-    def _unary(self, fn: Callable[[bytes, str], Awaitable[Any]]) -> grpc.RpcMethodHandler:
-        name = fn.__name__.lstrip("_")
+    def _unary(
+        self, fn: Callable[[bytes, str], Awaitable[Any]], name: str = ""
+    ) -> grpc.RpcMethodHandler:
+        name = name or fn.__name__.lstrip("_")
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
             _signer.set("")
+            _about.set("")
             caller = _presented(context)  # until authenticated: who the certificate claims
             try:
                 caller = self._authenticate(context)
@@ -245,6 +267,8 @@ class GatewayServer:
                     ),
                 )
             body = encode(response)
+            digest = sha256(body)
+            subject = " ".join(x for x in (_about.get(), _subject(response)) if x)
             log.info(
                 "audit",
                 method=name,
@@ -252,10 +276,11 @@ class GatewayServer:
                 signer=_signer.get(),
                 peer=context.peer(),
                 decision="allowed",
-                subject=_subject(response),
-                response_sha256=sha256(body).hex(),
+                subject=subject,
+                response_sha256=digest.hex(),
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
+            self._record(name, caller, context.peer(), "allowed", subject, "", "", digest)
             return body
 
         return grpc.unary_unary_rpc_method_handler(handler)
@@ -269,6 +294,8 @@ class GatewayServer:
         exc: GatewayError,
     ) -> None:
         """Audit a refusal, then end the call with its status and ErrorBody."""
+        rule = f"{exc.code}:{exc.rule}" if exc.rule else exc.code
+        self._record(method, caller, context.peer(), "refused", _about.get(), rule, str(exc), b"")
         log.info(
             "audit",
             method=method,
@@ -282,6 +309,36 @@ class GatewayServer:
         )
         body = encode(ErrorBody(code=exc.code, message=str(exc)))
         await context.abort(exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),))
+
+    def _record(
+        self,
+        method: str,
+        caller: str,
+        peer: str,
+        decision: str,
+        subject: str,
+        rule: str,
+        detail: str,
+        digest: bytes,
+    ) -> None:
+        """Append the call to the tamper-evident audit log (kyodo.audit)."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(
+                identity=_signer.get() or caller,
+                tls_identity=caller,
+                peer=peer,
+                transport="grpc",
+                operation=method,
+                subject=subject,
+                decision=decision,
+                rule=rule,
+                detail=detail,
+                response_sha256=digest,
+            )
+        except AuditError as exc:  # the log itself failed: loud, but the call stands
+            log.critical("audit_append_failed", method=method, detail=str(exc))
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
         """``org/role/name`` of the TLS client certificate, issued by this org's CA."""
@@ -326,6 +383,7 @@ class GatewayServer:
 
     async def _submit(self, request: bytes, caller: str) -> TxStatusResponse:
         req = _decode(SubmitRequest, request)
+        _about.set(_call_of(req.envelope, "submit"))
         try:
             return await self._backend.submit(req.envelope, req.wait_ms)
         except TransactionRejectedError as exc:
@@ -337,6 +395,7 @@ class GatewayServer:
 
     async def _evaluate(self, request: bytes, caller: str) -> EvaluateResponse:
         envelope = _decode(TxEnvelope, request)
+        _about.set(_call_of(envelope, "evaluate"))
         context = self._backend.auth_context()
         now = _now_ms()
         try:
@@ -374,10 +433,12 @@ class GatewayServer:
 
     async def _tx_status(self, request: bytes, caller: Member) -> TxStatusResponse:
         req = _decode(StatusRequest, request)
+        _about.set(f"tx {req.tx_id.hex()}")
         return await self._backend.tx_status(req.tx_id, req.wait_ms)
 
     async def _get_block(self, request: bytes, caller: Member) -> BlockResponse:
         req = _decode(BlockRequest, request)
+        _about.set(f"block {req.height}")
         raw = await self._backend.get_block(req.height)
         if raw is None:
             raise GatewayError(
@@ -387,6 +448,7 @@ class GatewayServer:
 
     async def _get_tx(self, request: bytes, caller: Member) -> TxResponse:
         req = _decode(TxRequest, request)
+        _about.set(f"tx {req.tx_id.hex()}")
         found = await self._backend.get_tx(req.tx_id)
         if found is None:
             raise GatewayError(
@@ -402,8 +464,29 @@ class GatewayServer:
     async def _get_config(self, request: bytes, caller: Member) -> ConfigResponse:
         return self._backend.current_config()
 
+    async def _audit_query(self, request: bytes, caller: Member) -> AuditRecords:
+        req = _decode(AuditQueryRequest, request)
+        _about.set(
+            f"audit query identity={req.identity!r} since={req.since_ms} until={req.until_ms} "
+            f"subject~{req.subject_contains!r} op={req.operation!r}"
+        )
+        return await self._backend.audit_query(req)
+
+    async def _audit_export(self, request: bytes, caller: Member) -> AuditExportResponse:
+        req = _decode(AuditExportRequest, request)
+        _about.set(f"audit export {req.from_seq}..{req.to_seq} proofs={req.with_proofs}")
+        try:
+            return await self._backend.audit_export(req)
+        except AuditError as exc:
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "malformed", str(exc)) from exc
+
+    async def _audit_anchor(self, request: bytes, caller: Member) -> TxStatusResponse:
+        _about.set("audit anchor")
+        return await self._backend.audit_anchor()
+
     async def _get_proof(self, request: bytes, caller: Member) -> ProofResponse:
         req = _decode(ProofRequest, request)
+        _about.set(f"proof {req.kind} {req.height} {req.tx_id.hex()} {req.namespace}/{req.key}")
         resource = {"block": "blocks.read", "tx": "transactions.read", "key": "state.read"}.get(
             req.kind
         )
@@ -465,7 +548,19 @@ def _check_acl(context: AuthContext, resource: str, member: Member) -> None:
             resource, Identity(org=member.org, role=str(member.role), name=member.name)
         )
     except AccessRefused as exc:
-        raise GatewayError(grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc)) from exc
+        raise GatewayError(
+            grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc), rule=exc.rule
+        ) from exc
+
+
+def _call_of(envelope: TxEnvelope, action: str) -> str:
+    """``submit contract.function`` of an envelope, for the audit log (what it claims;
+    the signature is checked after)."""
+    try:
+        tx = envelope.transaction()
+    except DecodeError:
+        return f"{action} (malformed)"
+    return f"{action} {tx.contract[:64]}.{tx.function[:64]}"
 
 
 def _rejected(exc: TransactionRejectedError) -> GatewayError:

@@ -51,6 +51,7 @@ from kyodo.ledger.errors import BlockVerificationError, TransactionRejectedError
 
 __all__ = [
     "MAX_TX_BYTES",
+    "NODE_CONTRACTS",
     "CheckedTx",
     "PreparedState",
     "check_creator",
@@ -103,7 +104,12 @@ def check_envelope(
         )
     if len(tx.nonce) != 16:
         raise TransactionRejectedError("transaction nonce must be 16 bytes", reason="malformed")
-    creator = check_creator(tx.creator, membership=membership, now_ms=now_ms)
+    creator = check_creator(
+        tx.creator,
+        membership=membership,
+        now_ms=now_ms,
+        allow_node=tx.contract in NODE_CONTRACTS,
+    )
     try:
         verify_signature(ED25519, creator.public_key, envelope.payload, envelope.signature)
     except CryptoError as exc:
@@ -123,7 +129,12 @@ def recheck_envelope(
     Its bytes and signature cannot have changed; what depends on time can: the
     creator's certificate may have expired, the transaction may have grown too old.
     """
-    creator = check_creator(checked.tx.creator, membership=membership, now_ms=now_ms)
+    creator = check_creator(
+        checked.tx.creator,
+        membership=membership,
+        now_ms=now_ms,
+        allow_node=checked.tx.contract in NODE_CONTRACTS,
+    )
     _check_age(checked.tx, now_ms=now_ms, max_age_ms=max_age_ms)
     return CheckedTx(tx_id=checked.tx_id, envelope=checked.envelope, tx=checked.tx, creator=creator)
 
@@ -137,7 +148,14 @@ _CREATOR_REASONS: tuple[tuple[type[IdentityError], str], ...] = (
 """Which refusal a client sees for each kind of unacceptable creator certificate."""
 
 
-def check_creator(creator: bytes, *, membership: Membership, now_ms: int) -> Member:
+NODE_CONTRACTS = frozenset({"_audit"})
+"""Built-in contracts whose transactions nodes sign themselves (a node anchoring its
+audit-log root); every other transaction needs a member's certificate."""
+
+
+def check_creator(
+    creator: bytes, *, membership: Membership, now_ms: int, allow_node: bool = False
+) -> Member:
     """The member a signing certificate names, if it may sign transactions and requests
     at ``now_ms``; raise TransactionRejectedError with a distinct reason otherwise
     (``unknown_ca``, ``certificate_expired``, ``revoked``, ``wrong_role``,
@@ -149,7 +167,7 @@ def check_creator(creator: bytes, *, membership: Membership, now_ms: int) -> Mem
             (r for kind, r in _CREATOR_REASONS if isinstance(exc, kind)), "unknown_identity"
         )
         raise TransactionRejectedError(f"creator not accepted: {exc}", reason=reason) from exc
-    if member.role == Role.NODE:
+    if member.role == Role.NODE and not allow_node:
         raise TransactionRejectedError(
             f"creator not accepted: {member.org}/{member.name} is a node; nodes sign blocks "
             "and votes, transactions are signed by members (client, admin, auditor)",

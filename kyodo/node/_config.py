@@ -51,6 +51,8 @@ class NodeConfig:
     """Share of one core the background verifier may use (0: no background verifier)."""
     verify_interval_s: float = 60.0
     """Pause between two whole passes of the background verifier."""
+    audit_anchor_interval_s: float = 60.0
+    """How often the audit log's signed root is anchored on the ledger (if it grew)."""
     alert_webhook: str = ""
     """URL that receives a JSON POST when the node finds falsified data or repairs it."""
     cert_expiry_warning_days: int = 30

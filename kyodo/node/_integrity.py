@@ -47,7 +47,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,8 +216,12 @@ class Verifier:
         on_pass: Callable[[PassReport, int], None],
         cpu_share: float,
         interval_s: float,
+        extra_checks: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._store = store
+        self._extra_checks = tuple(extra_checks)
+        """Run at the end of each pass (the audit log's own chain, say); they report
+        their own findings."""
         self._view_at = view_at
         self._genesis_hash = genesis_hash
         self._configs_of_chain = configs_of_chain
@@ -324,6 +328,8 @@ class Verifier:
             report.history_keys += 1
             if report.history_keys % 32 == 0:
                 self._throttle()
+        for check in self._extra_checks:
+            check()
         report.seconds = time.monotonic() - started
         return report, tip
 

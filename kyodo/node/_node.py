@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 import kyodo
+from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode, decode_record, encode, encode_value
 from kyodo.consensus import (
     BLACKLIST_HEIGHTS,
@@ -61,7 +62,7 @@ from kyodo.consensus import (
     ViewChange,
     WalState,
 )
-from kyodo.contracts import BUILTIN_CONTRACTS, AccessDeniedError, Executor
+from kyodo.contracts import AUDIT_CONTRACT, BUILTIN_CONTRACTS, AccessDeniedError, Executor
 from kyodo.crypto import (
     ED25519,
     ZERO_HASH,
@@ -94,6 +95,7 @@ from kyodo.ledger import (
     PreparedState,
     StateCorruptionError,
     StoredDataError,
+    Transaction,
     TransactionRejectedError,
     TxEnvelope,
     UnreadableStoreError,
@@ -144,6 +146,10 @@ from kyodo.node._metrics import NodeMetrics
 from kyodo.p2p import PeerAddress, PeerNetwork, client_context, server_context
 from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
+    AuditExportRequest,
+    AuditExportResponse,
+    AuditQueryRequest,
+    AuditRecords,
     ConfigResponse,
     EvaluateResponse,
     NodeStatus,
@@ -253,6 +259,8 @@ class Node:
         self._mark_height = -1
         self.verifier: Verifier | None = None
         self._network_up = False
+        self.audit: AuditLog
+        self._anchored_size = 0
 
     # -- configuration epochs --------------------------------------------------------
 
@@ -360,6 +368,10 @@ class Node:
         assert height is not None
         for fault in startup_faults:  # quarantined before the gateways open
             self._on_fault(fault)
+        self.audit = await self._in_ledger(
+            lambda: AuditLog(self.home / "audit", node_id=self.cfg.node_id)
+        )
+        self._anchored_size = await self._in_ledger(self._read_anchored_size)
         await self._start_network()
         self._network_up = True
         if self._faults and not self._repairing:
@@ -376,15 +388,18 @@ class Node:
             gateway=self.cfg.gateway_port,
         )
         ticker = asyncio.create_task(self._tick_loop())
+        anchoring = asyncio.create_task(self._anchor_loop())
         await self._stopping.wait()
         log.info("node_stopping", node=self.cfg.node_id)
         ticker.cancel()
+        anchoring.cancel()
         if self.verifier is not None:
             self.verifier.stop()
         await self.gateway.stop(0.5)
         if self.rest is not None:
             await self.rest.stop()
         await self.p2p.stop()
+        await self._in_ledger(self.audit.close)
         await self._in_ledger(self.store.close)
         self._ledger_thread.shutdown()
         self._wal_thread.shutdown()
@@ -512,8 +527,22 @@ class Node:
             on_pass=lambda r, tip: _discard(loop.call_soon_threadsafe(self._on_verified, r, tip)),
             cpu_share=self.cfg.verify_cpu_share,
             interval_s=self.cfg.verify_interval_s,
+            extra_checks=(lambda: self._check_audit_log(loop),),
         )
         self.verifier.start()
+
+    def _check_audit_log(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The audit log's own hash chain (verifier thread). Its records are this node's
+        alone, so nothing can be fetched from peers: a break is an alarm, not a repair."""
+        try:
+            self.audit.verify_chain()
+        except AuditError as exc:
+            loop.call_soon_threadsafe(self._on_audit_fault, exc)
+
+    def _on_audit_fault(self, exc: AuditError) -> None:
+        self.metrics.integrity_faults.labels("audit").inc()
+        log.critical("audit_log_tampered", node=self.cfg.node_id, detail=str(exc))
+        self._alert("audit_log_tampered", detail=str(exc))
 
     def _on_verified(self, report: PassReport, tip: int) -> None:
         """A whole pass found nothing wrong up to ``tip``."""
@@ -789,6 +818,7 @@ class Node:
             key_pem=key_pem,
             host=self.cfg.listen_host,
             port=self.cfg.gateway_port,
+            audit=self.audit,
         )
         await self.gateway.start()
         if self.cfg.rest_port:
@@ -801,7 +831,7 @@ class Node:
                 ttl_ms=self.cfg.token_ttl_s * 1000,
             )
             self.rest = RestGateway(
-                create_app(self, tokens),
+                create_app(self, tokens, audit=self.audit),
                 host=self.cfg.listen_host,
                 port=self.cfg.rest_port,
                 cert_pem=self._tls_cert_pem,
@@ -1516,6 +1546,117 @@ class Node:
             )
 
         return await self._in_reader(read)  # type: ignore[no-any-return]
+
+    # -- the audit log -------------------------------------------------------------------
+
+    def _read_anchored_size(self) -> int:
+        """How many of this node's audit records the ledger holds a root for."""
+        entry = self.store.get_state(AUDIT_CONTRACT, f"anchor/{self.cfg.node_id}")
+        anchored = 0 if entry is None else int(entry.value["size"])
+        if anchored > self.audit.size():
+            log.critical(
+                "audit_log_shorter_than_anchored",
+                anchored=anchored,
+                size=self.audit.size(),
+                detail="the audit log lost records the ledger holds a commitment to",
+            )
+            self._alert("audit_log_shorter_than_anchored", anchored=anchored)
+        return anchored
+
+    async def _anchor_loop(self) -> None:
+        """Anchor the audit log's signed root on the ledger every interval it grew."""
+        interval = self.cfg.audit_anchor_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            if self._faults or self.audit.size() <= self._anchored_size:
+                continue
+            try:
+                await self.audit_anchor()
+            except (LedgerError, TransactionRejectedError) as exc:
+                log.warning("audit_anchor_failed", detail=str(exc))
+
+    async def audit_anchor(self) -> TxStatusResponse:
+        """Order a transaction, signed with this node's key, anchoring the audit log's
+        root (with a consistency proof from the last anchored root); wait for it."""
+        anchored = self._anchored_size
+        checkpoint = await self._in_ledger(self.audit.checkpoint, self._signer)
+        proof = (
+            await self._in_ledger(self.audit.consistency_proof, anchored, checkpoint.size)
+            if 0 < anchored < checkpoint.size
+            else []
+        )
+        me = self._current.config.node(self.cfg.node_id)
+        if me is None:
+            raise LedgerError("this node is not in the configuration: it cannot anchor")
+        tx = Transaction(
+            chain_id=self.chain_id,
+            contract=AUDIT_CONTRACT,
+            function="anchor",
+            args=(
+                checkpoint.size,
+                checkpoint.root,
+                checkpoint.time_ms,
+                checkpoint.signature,
+                proof,
+            ),
+            nonce=os.urandom(16),
+            created_ms=now_ms(),
+            creator=me.signing_cert,
+        )
+        payload = encode(tx)
+        envelope = TxEnvelope(payload=payload, signature=self._signer.sign(payload))
+        status = await self.submit(envelope, 15_000)
+        if status.state == "final" and status.status == 0:
+            self._anchored_size = max(self._anchored_size, checkpoint.size)
+            log.info(
+                "audit_anchored",
+                size=checkpoint.size,
+                root=checkpoint.root.hex(),
+                height=status.height,
+            )
+        else:
+            log.warning("audit_anchor_not_final", state=status.state, message=status.message)
+        return status
+
+    async def audit_query(self, request: AuditQueryRequest) -> AuditRecords:
+        """Records of this node's audit log matching ``request``."""
+
+        def run() -> AuditRecords:
+            found = self.audit.query(
+                identity=request.identity or None,
+                since_ms=None if request.since_ms < 0 else request.since_ms,
+                until_ms=None if request.until_ms < 0 else request.until_ms,
+                subject_contains=request.subject_contains or None,
+                operation=request.operation or None,
+                limit=max(1, min(request.limit, 1000)),
+                newest_first=request.newest_first,
+            )
+            return AuditRecords(records=tuple(encode(r) for r in found), size=self.audit.size())
+
+        return await self._in_reader(run)  # type: ignore[no-any-return]
+
+    async def audit_export(self, request: AuditExportRequest) -> AuditExportResponse:
+        """An export of ``[from, to)`` with proofs, under a checkpoint signed now."""
+
+        def run() -> AuditExportResponse:
+            checkpoint = self.audit.checkpoint(self._signer)
+            end = checkpoint.size if request.to_seq < 0 else min(request.to_seq, checkpoint.size)
+            document = self.audit.export(
+                max(0, request.from_seq),
+                end,
+                with_proofs=request.with_proofs,
+                checkpoint=checkpoint,
+            )
+            me = self._current.config.node(self.cfg.node_id)
+            return AuditExportResponse(
+                document=json.dumps(document, separators=(",", ":")).encode(),
+                node_id=self.cfg.node_id,
+                signing_cert=b"" if me is None else me.signing_cert,
+            )
+
+        return await self._in_ledger(run)  # type: ignore[no-any-return]
 
     async def get_proof(self, request: ProofRequest) -> bytes:
         """A ``kyodo-proof/v1`` document, verified here against the genesis block before

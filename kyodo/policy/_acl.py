@@ -14,13 +14,15 @@ An ACL maps a *resource* to a policy of :mod:`kyodo.policy`. The resources:
 ``config.read``               reading the network configuration
 ``node.status``               reading a node's status
 ``events.subscribe``          subscribing to block, transaction and contract events
-``audit.read``                reading the audit log
+``audit.read``                reading the audit log (querying, exporting)
+``audit.anchor``              anchoring a node's audit-log root on the ledger now
 ============================  ==========================================================
 
 Administration is ordering transactions to the built-in contracts, so it is
 guarded by the same resources: ``submit/_config`` (configuration changes),
 ``submit/_lifecycle`` (contract deploy, upgrade, terminate), ``submit/_recovery``
-(key-loss recovery). Their own rules (the admin policy, the lifecycle quorum,
+(key-loss recovery), and ``submit/_audit`` (nodes anchoring their audit-log roots:
+nodes only). Their own rules (the admin policy, the lifecycle quorum,
 the officers of a recovery policy) still apply on top: an ACL can only narrow.
 
 The most specific rule wins: ``submit/cash/transfer``, else ``submit/cash``,
@@ -54,6 +56,7 @@ RESOURCES = (
     "node.status",
     "events.subscribe",
     "audit.read",
+    "audit.anchor",
 )
 """The resources an ACL names (``submit`` and ``evaluate`` refine per contract/function)."""
 
@@ -69,6 +72,8 @@ DEFAULT_ACLS: Mapping[str, str] = {
     "audit.read": "OR('*.auditor', '*.admin')",
     "submit/_config": "'*.admin'",
     "submit/_lifecycle": "'*.admin'",
+    "submit/_audit": "'*.node'",
+    "audit.anchor": "'*.admin'",
 }
 """The rules in force where the configuration names none."""
 

@@ -3,6 +3,10 @@
 from kyodo.wire._gateway import (
     GATEWAY_SERVICE,
     MAX_REQUEST_BYTES,
+    AuditExportRequest,
+    AuditExportResponse,
+    AuditQueryRequest,
+    AuditRecords,
     BlockRequest,
     BlockResponse,
     ConfigResponse,
@@ -33,6 +37,10 @@ from kyodo.wire._tx import (
 __all__ = [
     "GATEWAY_SERVICE",
     "MAX_REQUEST_BYTES",
+    "AuditExportRequest",
+    "AuditExportResponse",
+    "AuditQueryRequest",
+    "AuditRecords",
     "BlockRequest",
     "BlockResponse",
     "ConfigResponse",

@@ -16,6 +16,10 @@ from kyodo.wire._tx import TxEnvelope
 __all__ = [
     "GATEWAY_SERVICE",
     "MAX_REQUEST_BYTES",
+    "AuditExportRequest",
+    "AuditExportResponse",
+    "AuditQueryRequest",
+    "AuditRecords",
     "BlockRequest",
     "BlockResponse",
     "ConfigResponse",
@@ -221,3 +225,50 @@ class ProofResponse:
     """The proof document, as UTF-8 JSON (verify it with ``kyodo verify-proof``)."""
 
     document: bytes
+
+
+@record(82)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQueryRequest:
+    """Search a node's audit log (every filter optional: empty or -1)."""
+
+    identity: str = ""
+    """Exactly this caller (``org/role/name``)."""
+    since_ms: int = -1
+    until_ms: int = -1
+    subject_contains: str = ""
+    """A transaction id, a height, a contract, a key: any part of the subject."""
+    operation: str = ""
+    limit: int = 100
+    newest_first: bool = True
+
+
+@record(83)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecords:
+    """Audit records, each the canonical bytes of a ``kyodo.audit.AuditRecord``."""
+
+    records: tuple[bytes, ...]
+    size: int
+    """How many records the log holds."""
+
+
+@record(84)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditExportRequest:
+    """Export records ``[from_seq, to_seq)`` (-1: to the end), with inclusion proofs."""
+
+    from_seq: int = 0
+    to_seq: int = -1
+    with_proofs: bool = True
+
+
+@record(85)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditExportResponse:
+    """The export (``kyodo-audit-export/v1``, UTF-8 JSON), with a checkpoint the node
+    signed now, and the node's signing certificate (DER) to check it with."""
+
+    document: bytes
+    node_id: str
+    signing_cert: bytes
