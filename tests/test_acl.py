@@ -102,3 +102,38 @@ def test_the_executor_applies_the_network_acl_to_transactions_and_queries():
     assert ledger.query(bob, "vault", "get", "k") == 1
     with pytest.raises(AccessDeniedError, match="ACL rule 'evaluate/vault'"):
         ledger.query(alice, "vault", "get", "k")
+
+
+VAULT_SOURCE = """
+from kyodo.contract import Context, Contract, function
+
+
+class Store(Contract):
+    @function()
+    def put(self, ctx: Context, key: str, value: int) -> None:
+        ctx.put(key, value)
+"""
+
+PROXY_SOURCE = """
+from kyodo.contract import Context, Contract, function
+
+
+class Proxy(Contract):
+    @function()
+    def forward(self, ctx: Context, key: str, value: int) -> None:
+        ctx.invoke("store", "put", key, value)
+"""
+
+
+def test_an_invocation_from_another_contract_is_checked_like_a_direct_call():
+    ledger = LocalLedger(acls={"submit/store/put": "'org1.member'"})
+    ledger.deploy(VAULT_SOURCE, name="store")
+    ledger.deploy(PROXY_SOURCE, name="proxy")
+    alice, bob = ledger.member("org1", "alice"), ledger.member("org2", "bob")
+    ledger.submit(alice, "proxy", "forward", "k", 1)
+    assert ledger.get("store", "k") == 1
+    with pytest.raises(TxFailed) as failed:  # a forwarding contract opens no back door
+        ledger.submit(bob, "proxy", "forward", "k", 2)
+    assert failed.value.status is TxStatus.ACCESS_DENIED
+    assert "ACL rule 'submit/store/put'" in failed.value.reason
+    assert ledger.get("store", "k") == 1

@@ -26,7 +26,7 @@ def test_roots_that_extend_the_last_one_are_anchored_and_others_refused():
     node = chain.member("org1", "org1-node0", role="node")
     anchor(chain, node, 5, merkle_root(LEAVES[:5]), [])
     anchor(chain, node, 12, merkle_root(LEAVES[:12]), compute_consistency_proof(LEAVES[:12], 5))
-    latest = chain.query(node, "_audit", "latest", "org1-node0")
+    latest = chain.query(node, "_audit", "latest", "org1", "org1-node0")
     assert latest["size"] == 12 and latest["root"] == merkle_root(LEAVES[:12])
     rewritten = [*LEAVES[:3], b"forged", *LEAVES[4:15]]
     for size, root, proof, says in (
@@ -36,7 +36,7 @@ def test_roots_that_extend_the_last_one_are_anchored_and_others_refused():
     ):
         with pytest.raises(TxFailed, match=says):
             anchor(chain, node, size, root, proof)
-    assert chain.query(node, "_audit", "latest", "org1-node0")["size"] == 12
+    assert chain.query(node, "_audit", "latest", "org1", "org1-node0")["size"] == 12
 
 
 def test_only_nodes_anchor_and_only_their_own_log():
@@ -47,4 +47,14 @@ def test_only_nodes_anchor_and_only_their_own_log():
     assert refused.value.status is TxStatus.ACCESS_DENIED
     other = chain.member("org2", "org2-node0", role="node")
     anchor(chain, other, 3, merkle_root(LEAVES[:3]), [])
-    assert chain.query(other, "_audit", "latest", "org1-node0") is None
+    assert chain.query(other, "_audit", "latest", "org1", "org1-node0") is None
+
+
+def test_another_organization_cannot_take_over_a_nodes_anchor():
+    """org2's CA can certify a node named like org1's: its anchors land under org2."""
+    chain = ledger()
+    real = chain.member("org1", "org1-node0", role="node")
+    impostor = chain.member("org2", "org1-node0", role="node")
+    anchor(chain, impostor, 2**40, merkle_root(LEAVES[:3]), [])
+    anchor(chain, real, 5, merkle_root(LEAVES[:5]), [])  # not refused as "shrank"
+    assert chain.query(real, "_audit", "latest", "org1", "org1-node0")["size"] == 5

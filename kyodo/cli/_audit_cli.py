@@ -249,7 +249,8 @@ def _anchored(folder: Path, node_id: str) -> dict[str, Any] | None:
         return None
     try:
         with net.gateway(net.orgs[0], "admin") as gw:
-            found = gw.contract("_audit").evaluate("latest", node_id)
+            org = next((n.org_id for n in net.nodes if n.node_id == node_id), "")
+            found = gw.contract("_audit").evaluate("latest", org, node_id)
     except KyodoError:
         return None
     if found is None:

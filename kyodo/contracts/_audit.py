@@ -44,10 +44,10 @@ class AuditAnchorContract(Contract):
         consistency: list[bytes],
     ) -> dict[str, Any]:
         """Anchor the calling node's audit-log root at ``size`` records."""
-        node = ctx.caller.name
+        node, org = ctx.caller.name, ctx.caller.org
         if size < 0 or len(root) != 32 or len(signature) != 64 or len(consistency) > 64:
             raise ContractError("an anchor is (size >= 0, 32-byte root, 64-byte signature)")
-        previous = ctx.get(f"anchor/{node}")
+        previous = ctx.get(f"anchor/{org}/{node}")  # a CA vouches only for its own org
         if previous is not None:
             old_size, old_root = int(previous["size"]), bytes(previous["root"])
             if size < old_size:
@@ -66,19 +66,19 @@ class AuditAnchorContract(Contract):
                     ) from None
         record = {
             "node": node,
-            "org": ctx.caller.org,
+            "org": org,
             "size": size,
             "root": root,
             "time_ms": time_ms,
             "signature": signature,
             "height": ctx.height,
         }
-        ctx.put(f"anchor/{node}", record)
+        ctx.put(f"anchor/{org}/{node}", record)
         ctx.emit("AuditAnchored", {"node": node, "size": size, "root": root})
         return {"node": node, "size": size}
 
     @function(read_only=True)
-    def latest(self, ctx: Context, node: str) -> dict[str, Any] | None:
-        """The last root anchored by ``node`` (None: none yet)."""
-        found = ctx.get(f"anchor/{node}")
+    def latest(self, ctx: Context, org: str, node: str) -> dict[str, Any] | None:
+        """The last root anchored by ``node`` of ``org`` (None: none yet)."""
+        found = ctx.get(f"anchor/{org}/{node}")
         return None if found is None else dict(found)

@@ -128,8 +128,13 @@ class _Call:
         height: int,
         tx_id: bytes,
         members: tuple[str, ...],
+        acl: AclTable | None = None,
+        action: str = "submit",
     ) -> None:
         self.executor = executor
+        self.acl = acl
+        self.action = action
+        """The network ACL and the action (submit, evaluate) it applies to invocations."""
         self.resolve = resolve
         self.caller = caller
         self.block_time_ms = block_time_ms
@@ -182,6 +187,15 @@ class _Call:
                 f"contract {contract!r} is terminated: it answers queries only"
             )
         _check_access(spec, resolved.access, self.caller, contract)
+        if depth > 0 and self.acl is not None:  # an invocation is a call like any other
+            caller = self.caller
+            try:
+                self.acl.check(
+                    f"{self.action}/{contract}/{function}",
+                    Identity(org=caller.org, role=caller.role, name=caller.name),
+                )
+            except AccessRefused as exc:
+                raise AccessDeniedError(str(exc), rule=exc.rule) from None
         spec.check_args(args)
         if not spec.read_only:
             return self.run(overlay, resolved.cls, contract, spec, args, depth)
@@ -445,7 +459,7 @@ class Executor:
                 results.append(_failed(checked, TxStatus.ACCESS_DENIED, refusal[1]))
                 continue
             overlay = TxOverlay(block)
-            call = self._new_call(resolve, checked, height, block_time_ms, members)
+            call = self._new_call(resolve, checked, height, block_time_ms, members, acl)
             status, value, message, steps = self._run_tx(call, overlay, checked)
             spent += steps
             if status is not TxStatus.OK:
@@ -482,6 +496,8 @@ class Executor:
         height: int,
         block_time_ms: int,
         members: tuple[str, ...],
+        acl: AclTable | None = None,
+        action: str = "submit",
     ) -> _Call:
         creator = checked.creator
         return _Call(
@@ -492,6 +508,8 @@ class Executor:
             height=height,
             tx_id=checked.tx_id,
             members=tuple(sorted(members)),
+            acl=acl,
+            action=action,
         )
 
     def _run_tx(
@@ -537,7 +555,7 @@ class Executor:
         trap = _FaultTrap(state)
         try:
             value = self._at_fixed_depth(
-                lambda: self._evaluate(trap, checked, height, block_time_ms, members)
+                lambda: self._evaluate(trap, checked, height, block_time_ms, members, acl)
             )
         finally:
             trap.raise_if_faulted()  # a storage fault outranks whatever the contract did
@@ -550,8 +568,11 @@ class Executor:
         height: int,
         block_time_ms: int,
         members: tuple[str, ...],
+        acl: AclTable | None = None,
     ) -> Any:
-        call = self._new_call(self._resolver(state), checked, height, block_time_ms, members)
+        call = self._new_call(
+            self._resolver(state), checked, height, block_time_ms, members, acl, "evaluate"
+        )
         tx = checked.tx
         meter = Meter(self._limits)
         try:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
@@ -384,6 +385,13 @@ class GatewayServer:
     async def _submit(self, request: bytes, caller: str) -> TxStatusResponse:
         req = _decode(SubmitRequest, request)
         _about.set(_call_of(req.envelope, "submit"))
+        creator = _creator_of(req.envelope, self._backend.auth_context())
+        if creator is not None:  # a bad creator is refused below, with its reason
+            _signer.set(_name(creator))
+            try:
+                _check_same_org(creator, caller)
+            except RequestRejectedError as exc:
+                raise _auth_refused(exc) from exc
         try:
             return await self._backend.submit(req.envelope, req.wait_ms)
         except TransactionRejectedError as exc:
@@ -409,6 +417,10 @@ class GatewayServer:
         except TransactionRejectedError as exc:
             raise _rejected(exc) from exc
         _signer.set(_name(checked.creator))
+        try:
+            _check_same_org(checked.creator, caller)
+        except RequestRejectedError as exc:
+            raise _auth_refused(exc) from exc
         try:
             self._replays.admit(
                 checked.tx_id,
@@ -551,6 +563,16 @@ def _check_acl(context: AuthContext, resource: str, member: Member) -> None:
         raise GatewayError(
             grpc.StatusCode.PERMISSION_DENIED, "access_denied", str(exc), rule=exc.rule
         ) from exc
+
+
+def _creator_of(envelope: TxEnvelope, context: AuthContext) -> Member | None:
+    """The member who created an envelope, if its certificate is acceptable now (the
+    signature is checked when the node admits it)."""
+    try:
+        tx = envelope.transaction()
+        return context.membership.validate(tx.creator, now=datetime.now(UTC))
+    except (DecodeError, IdentityError, ValueError, TypeError):
+        return None
 
 
 def _call_of(envelope: TxEnvelope, action: str) -> str:

@@ -297,6 +297,17 @@ class Verifier:
             report.blocks += 1
             report.bytes_read += len(store.get_block_bytes(height) or b"")
             self._throttle()
+        for tx_id, location in store.iter_raw("txindex"):  # and from the index back
+            height, index = _LOCATION.unpack(location) if len(location) == 12 else (-1, -1)
+            if 0 <= height <= tip and _at(tx_ids, height, index) == tx_id:
+                continue
+            if height > tip:
+                continue  # appended after this pass started
+            raise IntegrityFault(
+                f"the index entry of {tx_id.hex()} points at ({height}, {index}), which "
+                "does not hold it",
+                Fault("txindex", height=None if height < 0 else height, key=tx_id),
+            )
         chain_configs = self._configs_of_chain()
         try:
             stored_configs = [config for _, config in store.get_configs()]
@@ -403,6 +414,8 @@ def state_value_matches(store: LedgerStore, root: bytes, state_key: bytes, recor
 # -- repair ---------------------------------------------------------------------------
 
 MAX_REPAIR_ITEMS = 256
+MAX_REPAIR_BYTES = 8 * 1024 * 1024
+"""Most history bytes one repair answer carries (frames are 32 MiB at most)."""
 
 
 def _block_checker(
@@ -455,8 +468,14 @@ def serve_repair(
         if record is not None and state_value_matches(store, root, state_key, record):
             state.append((state_key, record))
     history: list[tuple[bytes, bytes]] = []
+    budget = MAX_REPAIR_BYTES
     for state_key in request.history_keys[:16]:
         items = list(store.iter_raw("history", state_key + b"\x00"))
+        size = sum(len(k) + len(v) for k, v in items)
+        if size > budget:
+            log.warning("repair_history_too_large", key=repr(state_key), bytes=size)
+            continue
+        budget -= size
         try:
             entries = read_history(items, state_key)
             check_history_entries(
@@ -489,76 +508,108 @@ def _tx_id_in(block: Block, index: int) -> bytes | None:
 
 def apply_repair(
     store: LedgerStore,
-    response: RepairResponse,
+    request: RepairRequest,
+    responses: Sequence[RepairResponse],
     *,
     view_at: Callable[[int], ConfigView],
     genesis_hash: bytes,
+    history_agreement: int,
 ) -> list[str]:
-    """Write what in ``response`` verifies against this node's certified data; a line
-    per item repaired. Items that do not verify are ignored (and logged)."""
+    """Write what in ``responses`` answers ``request`` and verifies against this node's
+    certified data; a line per item repaired. Nothing that was not asked for is taken.
+    A key's history is replaced only by a list that checks out and that
+    ``history_agreement`` peers (f + 1: one of them honest) sent alike, each at least
+    at this node's tip."""
     done: list[str] = []
     puts: list[tuple[str, bytes, bytes]] = []
     deletes: list[tuple[str, bytes]] = []
     tip = store.height() or 0
-    for raw in response.blocks:
-        try:
-            block = decode_record(Block, raw, max_size=len(raw))
-            height = block.header.height
-            verify_block_contents(block)
-            if height == 0:
-                if block.block_hash() != genesis_hash:
-                    raise BlockVerificationError("not our genesis", height=0, reason="genesis")
-            else:
-                view_at(height).check_certificate(block)
-            if height > tip:
+    wanted_heights = set(request.heights)
+    wanted_nodes = set(request.node_hashes)
+    wanted_state = set(request.state_keys)
+    for response in responses:
+        for raw in response.blocks[:MAX_REPAIR_ITEMS]:
+            try:
+                block = decode_record(Block, raw, max_size=len(raw))
+                height = block.header.height
+                if height not in wanted_heights or height > tip:
+                    continue
+                verify_block_contents(block)
+                if height == 0:
+                    if block.block_hash() != genesis_hash:
+                        raise BlockVerificationError("not our genesis", height=0, reason="genesis")
+                else:
+                    view_at(height).check_certificate(block)
+                _check_neighbours(store, block, view_at, genesis_hash)
+            except (DecodeError, LedgerError) as exc:
+                log.warning("repair_item_refused", kind="block", detail=str(exc))
                 continue
-            _check_neighbours(store, block, view_at, genesis_hash)
-        except (DecodeError, LedgerError) as exc:
-            log.warning("repair_item_refused", kind="block", detail=str(exc))
-            continue
-        puts.append(("blocks", _HEIGHT.pack(height), raw))
-        for index, envelope in enumerate(block.txs):
-            puts.append(("txindex", envelope.tx_id(), _LOCATION.pack(height, index)))
-        done.append(f"block {height}")
-    for node in response.nodes:
-        node_hash = sha256(node)
-        if len(node) == 65 and node[0] in (0, 1):
-            puts.append(("tree", node_hash, node))
-            done.append(f"tree node {node_hash.hex()[:16]}")
-    root = store.state_root()
-    for state_key, flat in response.state:
-        if state_value_matches(store, root, state_key, flat):
-            puts.append(("state", state_key, flat))
-            done.append(f"state {state_key!r}")
-        else:
-            log.warning("repair_item_refused", kind="state", key=repr(state_key))
-    by_key: dict[bytes, list[tuple[bytes, bytes]]] = {}
-    for history_key, raw in response.history:
-        with contextlib.suppress(ValueError):
-            by_key.setdefault(split_history_key(history_key)[0], []).append((history_key, raw))
+            wanted_heights.discard(height)
+            puts.append(("blocks", _HEIGHT.pack(height), raw))
+            for index, envelope in enumerate(block.txs):
+                puts.append(("txindex", envelope.tx_id(), _LOCATION.pack(height, index)))
+            done.append(f"block {height}")
+        for node in response.nodes[:MAX_REPAIR_ITEMS]:
+            node_hash = sha256(node)
+            if node_hash in wanted_nodes and len(node) == 65 and node[0] in (0, 1):
+                wanted_nodes.discard(node_hash)
+                puts.append(("tree", node_hash, node))
+                done.append(f"tree node {node_hash.hex()[:16]}")
+        root = store.state_root()
+        for state_key, flat in response.state[:MAX_REPAIR_ITEMS]:
+            if state_key not in wanted_state:
+                continue
+            if state_value_matches(store, root, state_key, flat):
+                wanted_state.discard(state_key)
+                puts.append(("state", state_key, flat))
+                done.append(f"state {state_key!r}")
+            else:
+                log.warning("repair_item_refused", kind="state", key=repr(state_key))
     block_at = _block_checker(store, view_at, genesis_hash)
-    for state_key, items in by_key.items():
-        mine = [item for item in items if split_history_key(item[0])[1] <= tip]
-        try:
-            entries = read_history(mine, state_key)
-            check_history_entries(
-                store,
-                state_key,
-                entries,
-                state_root_at=lambda h: block_at(h).header.state_root,
-                tx_id_at=lambda h, i: _tx_id_in(block_at(h), i),
+    for state_key in request.history_keys:
+        if b"\x00" not in state_key:
+            continue  # a namespace alone would name every key in it
+        votes: dict[tuple[tuple[bytes, bytes], ...], int] = {}
+        for response in responses:
+            if response.height < tip:
+                continue  # a peer behind us lacks entries we hold
+            mine = tuple(
+                (k, v)
+                for k, v in response.history[: MAX_REPAIR_ITEMS * 64]
+                if _history_of(k) == state_key and split_history_key(k)[1] <= tip
             )
-        except IntegrityFault as exc:
-            log.warning("repair_item_refused", kind="history", detail=str(exc))
-            continue
-        for history_key, _ in store.iter_raw("history", state_key + b"\x00"):
-            if split_history_key(history_key)[1] <= tip:
-                deletes.append(("history", history_key))
-        puts.extend(("history", k, v) for k, v in mine)
-        done.append(f"history of {state_key!r}")
+            votes[mine] = votes.get(mine, 0) + 1
+        for candidate, count in sorted(votes.items(), key=lambda kv: -kv[1]):
+            if count < history_agreement or not candidate:
+                continue
+            try:
+                entries = read_history(list(candidate), state_key)
+                check_history_entries(
+                    store,
+                    state_key,
+                    entries,
+                    state_root_at=lambda h: block_at(h).header.state_root,
+                    tx_id_at=lambda h, i: _tx_id_in(block_at(h), i),
+                )
+            except IntegrityFault as exc:
+                log.warning("repair_item_refused", kind="history", detail=str(exc))
+                continue
+            for history_key, _ in store.iter_raw("history", state_key + b"\x00"):
+                if split_history_key(history_key)[1] <= tip:
+                    deletes.append(("history", history_key))
+            puts.extend(("history", k, v) for k, v in candidate)
+            done.append(f"history of {state_key!r} ({count} peers agree)")
+            break
     if puts or deletes:
         store.write_repair(puts=puts, deletes=deletes)
     return done
+
+
+def _history_of(history_key: bytes) -> bytes | None:
+    try:
+        return split_history_key(history_key)[0]
+    except ValueError:
+        return None
 
 
 def _check_neighbours(
@@ -615,3 +666,19 @@ def local_state_repair(store: LedgerStore, fault: Fault) -> list[str]:
                 store.write_repair(puts=[("state", state_key, rebuilt)])
                 return [f"state {state_key!r} (from its history, matches the certified leaf)"]
     return []
+
+
+def repair_tx_index(store: LedgerStore, tx_id: bytes) -> list[str]:
+    """An index entry naming the wrong place: point it at the block that holds the
+    transaction, or drop it if none does (blocks are checked separately)."""
+    tip = store.height() or 0
+    for height in range(tip, -1, -1):
+        block = store.get_block(height)
+        if block is None:
+            continue
+        for index, envelope in enumerate(block.txs):
+            if envelope.tx_id() == tx_id:
+                store.write_repair(puts=[("txindex", tx_id, _LOCATION.pack(height, index))])
+                return [f"tx index {tx_id.hex()[:16]} -> ({height}, {index})"]
+    store.write_repair(deletes=[("txindex", tx_id)])
+    return [f"tx index {tx_id.hex()[:16]} (no block holds it: removed)"]

@@ -84,7 +84,7 @@ def test_the_root_is_anchored_on_the_ledger_and_only_nodes_can_anchor(network):
     assert second.returncode == 0, second.stderr  # extends the first (consistency proof)
     node = network.nodes[0].node_id
     with network.gateway("org2") as gw:  # any organization reads the commitment
-        latest = gw.contract("_audit").evaluate("latest", node)
+        latest = gw.contract("_audit").evaluate("latest", network.nodes[0].org_id, node)
         assert latest["node"] == node and latest["size"] >= 2
         with pytest.raises(AccessDenied):
             gw.contract("_audit").submit("anchor", 1, b"\0" * 32, 1, b"\0" * 64, [])

@@ -216,6 +216,20 @@ def test_a_changed_history_entry(prepared):
     tamper_and_watch(prepared, "history index", lambda d: _with_store(d, edit))
 
 
+def test_a_forged_transaction_index_entry(prepared):
+    """An index entry for a transaction that never happened, pointing into a real block:
+    served, it would report a ghost transaction as final."""
+
+    def edit(store: LedgerStore) -> None:
+        store.put_raw("txindex", b"\x99" * 32, struct.pack(">QI", 2, 0))
+
+    tamper_and_watch(prepared, "forged index entry", lambda d: _with_store(d, edit))
+    victim = prepared.node(VICTIM)
+    with prepared.gateway("org2", node=victim) as gw, pytest.raises(KyodoError) as ghost:
+        gw.transaction(b"\x99" * 32)
+    assert ghost.value.code == "not_found"
+
+
 def test_a_flipped_byte_in_a_table_file(prepared):
     """Below the values: one bit of a RocksDB table file. RocksDB's own checksums refuse
     the read; the node sets the store aside and rebuilds it from its peers."""
