@@ -63,6 +63,7 @@ from kyodo.wire import (
     TxRequest,
     TxResponse,
     TxStatusResponse,
+    signed_part,
 )
 
 __all__ = [
@@ -187,8 +188,11 @@ class Gateway:
 
     # -- building and signing --------------------------------------------------------
 
-    def sign(self, contract: str, function: str, args: tuple[Any, ...]) -> TxEnvelope:
-        """A signed envelope for one call (its id is fixed from here on)."""
+    def sign(
+        self, contract: str, function: str, args: tuple[Any, ...], *, query: bool = False
+    ) -> TxEnvelope:
+        """A signed envelope for one call (its id is fixed from here on). A ``query``
+        envelope is signed under the query domain: it cannot be ordered as a transaction."""
         tx = Transaction(
             chain_id=self.identity.chain_id,
             contract=contract,
@@ -199,7 +203,9 @@ class Gateway:
             creator=self.identity.certificate,
         )
         payload = encode(tx)
-        return TxEnvelope(payload=payload, signature=self._signer.sign(payload))
+        return TxEnvelope(
+            payload=payload, signature=self._signer.sign(signed_part(payload, query=query))
+        )
 
     # -- calls -----------------------------------------------------------------------
 
@@ -256,7 +262,7 @@ class Gateway:
         delay = 0.1
         for attempt in range(self._retries + 1):
             try:
-                envelope = self.sign(contract, function, args)
+                envelope = self.sign(contract, function, args, query=True)
                 return self.call("Evaluate", envelope, EvaluateResponse, retries=0)
             except Unavailable:
                 if attempt == self._retries:

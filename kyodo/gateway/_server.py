@@ -413,6 +413,7 @@ class GatewayServer:
                 chain_id=context.chain_id,
                 now_ms=now,
                 max_age_ms=context.max_age_ms,
+                query=True,  # a query is signed under its own domain: never a transaction
             )
         except TransactionRejectedError as exc:
             raise _rejected(exc) from exc

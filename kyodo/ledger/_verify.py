@@ -48,6 +48,7 @@ from kyodo.ledger._types import (
     commit_message,
 )
 from kyodo.ledger.errors import BlockVerificationError, TransactionRejectedError
+from kyodo.wire import signed_part
 
 __all__ = [
     "MAX_TX_BYTES",
@@ -87,8 +88,10 @@ def check_envelope(
     chain_id: str,
     now_ms: int,
     max_age_ms: int,
+    query: bool = False,
 ) -> CheckedTx:
-    """Decode and authenticate a transaction; raise TransactionRejectedError if refused."""
+    """Decode and authenticate a transaction (``query``: a query's envelope, signed over
+    ``QUERY_DOMAIN + payload``); raise TransactionRejectedError if refused."""
     if len(envelope.payload) > MAX_TX_BYTES:
         raise TransactionRejectedError(
             f"transaction payload of {len(envelope.payload)} bytes exceeds {MAX_TX_BYTES}",
@@ -111,7 +114,12 @@ def check_envelope(
         allow_node=tx.contract in NODE_CONTRACTS,
     )
     try:
-        verify_signature(ED25519, creator.public_key, envelope.payload, envelope.signature)
+        verify_signature(
+            ED25519,
+            creator.public_key,
+            signed_part(envelope.payload, query=query),
+            envelope.signature,
+        )
     except CryptoError as exc:
         raise TransactionRejectedError(
             "transaction signature does not verify against its creator's certificate",

@@ -25,6 +25,7 @@ from kyodo.wire._gateway import (
     login_message,
 )
 from kyodo.wire._tx import (
+    QUERY_DOMAIN,
     Event,
     Transaction,
     TxEnvelope,
@@ -32,11 +33,13 @@ from kyodo.wire._tx import (
     TxResult,
     TxStatus,
     compute_tx_id,
+    signed_part,
 )
 
 __all__ = [
     "GATEWAY_SERVICE",
     "MAX_REQUEST_BYTES",
+    "QUERY_DOMAIN",
     "AuditExportRequest",
     "AuditExportResponse",
     "AuditQueryRequest",
@@ -64,4 +67,5 @@ __all__ = [
     "TxStatusResponse",
     "compute_tx_id",
     "login_message",
+    "signed_part",
 ]

@@ -14,6 +14,7 @@ from kyodo.codec import decode_record, record
 from kyodo.crypto import sha256
 
 __all__ = [
+    "QUERY_DOMAIN",
     "Event",
     "Transaction",
     "TxEnvelope",
@@ -21,6 +22,7 @@ __all__ = [
     "TxResult",
     "TxStatus",
     "compute_tx_id",
+    "signed_part",
 ]
 
 TxId = NewType("TxId", bytes)
@@ -82,6 +84,17 @@ class TxEnvelope:
     def transaction(self) -> Transaction:
         """Decode the payload (raises DecodeError on malformed or non-canonical bytes)."""
         return decode_record(Transaction, self.payload, max_size=1024 * 1024)
+
+
+QUERY_DOMAIN = b"kyodo/query/v1\x00"
+"""Prefix of what a query's (Evaluate's) signature covers: a query can never be replayed
+as a transaction, whose signature covers the bare payload."""
+
+
+def signed_part(payload: bytes, *, query: bool = False) -> bytes:
+    """What the creator signs for ``payload``: the payload itself for a transaction,
+    ``QUERY_DOMAIN + payload`` for a query."""
+    return QUERY_DOMAIN + payload if query else payload
 
 
 def compute_tx_id(payload: bytes) -> TxId:

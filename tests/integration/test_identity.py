@@ -184,12 +184,21 @@ def test_every_read_is_signed_and_each_bad_request_has_its_own_refusal(network):
             with pytest.raises(Unauthenticated) as refused:
                 gw.call("GetBlock", request, BlockResponse, retries=0)
             assert refused.value.code == f"auth.{reason}", refused.value
-        query = gw.sign("asset_transfer", "balance", ("nobody",))
+        query = gw.sign("asset_transfer", "balance", ("nobody",), query=True)
         with pytest.raises(KyodoError):  # no such account: a contract failure, but heard
             gw.call("Evaluate", query, EvaluateResponse, retries=0)
         with pytest.raises(Unauthenticated) as replayed:
             gw.call("Evaluate", query, EvaluateResponse, retries=0)
         assert replayed.value.code == "auth.replayed"
+        # a query's signature is no transaction's, and the other way round
+        dry_run = gw.sign("asset_transfer", "create_account", ("dry-run",), query=True)
+        with pytest.raises(TransactionRejected) as ordered:
+            gw.submit_envelope(dry_run, wait_s=5)
+        assert ordered.value.reason == "bad_signature"
+        as_query = gw.sign("asset_transfer", "balance", ("nobody",))
+        with pytest.raises(TransactionRejected) as queried:
+            gw.call("Evaluate", as_query, EvaluateResponse, retries=0)
+        assert queried.value.reason == "bad_signature"
     org1, org2 = network.user("org1"), network.user("org2")
     with (  # org1's TLS connection, org2's signature
         connect(org2.identity, org2.signer, network.node("org1").gateway, tls=org1.tls) as gw,
