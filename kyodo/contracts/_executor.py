@@ -407,6 +407,26 @@ class Executor:
             sandboxed=True,
         )
 
+    def describe(self, state: StateReader, name: str) -> dict[str, Any]:
+        """A contract as callers see it: kind, whether it takes transactions, and each
+        function's parameters, read-only flag and access rule (UnknownContractError)."""
+        resolved = self._resolve(state, name)
+        functions = [
+            {
+                "name": fn,
+                "params": [{"name": p, "type": t.__name__} for p, t in spec.params],
+                "read_only": spec.read_only,
+                "allow": list(spec.allow) if spec.allow is not None else list(resolved.access),
+            }
+            for fn, spec in sorted(specs_of(resolved.cls).items())
+        ]
+        return {
+            "name": name,
+            "kind": "deployed" if resolved.sandboxed else "builtin",
+            "active": resolved.active,
+            "functions": functions,
+        }
+
     def execute_block(
         self,
         state: StateReader,

@@ -48,7 +48,7 @@ from typing import Annotated, Any, Protocol
 import structlog
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,15 +61,23 @@ from kyodo.crypto import sha256
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
 from kyodo.gateway._tokens import TokenService
 from kyodo.identity import IdentityError, Member, certificate_der
-from kyodo.ledger import Block, CheckedTx, LedgerError
+from kyodo.ledger import (
+    Block,
+    CheckedTx,
+    LedgerError,
+    NetworkConfig,
+    TransactionRejectedError,
+)
 from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     MAX_REQUEST_BYTES,
+    ConfigResponse,
     EvaluateResponse,
     NodeStatus,
     Transaction,
     TxEnvelope,
     TxResponse,
+    TxStatusResponse,
 )
 
 __all__ = ["RestBackend", "RestGateway", "create_app"]
@@ -97,6 +105,14 @@ class RestBackend(Protocol):
 
     async def evaluate(self, checked: CheckedTx) -> EvaluateResponse: ...
 
+    async def submit(self, envelope: TxEnvelope, wait_ms: int) -> TxStatusResponse: ...
+
+    async def tx_status(self, tx_id: bytes, wait_ms: int) -> TxStatusResponse: ...
+
+    async def contracts(self) -> list[dict[str, Any]]: ...
+
+    def current_config(self) -> ConfigResponse: ...
+
 
 class Problem(Exception):
     """A refusal: HTTP status, stable code, detail (and the ACL rule, if one refused)."""
@@ -104,6 +120,7 @@ class Problem(Exception):
     def __init__(self, status: int, code: str, detail: str, rule: str | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.rule = status, code, detail, rule
+        self.extra: dict[str, Any] = {}
 
 
 class ChallengeRequest(BaseModel):
@@ -149,9 +166,15 @@ class EvaluateResult(BaseModel):
 
 
 def _problem(
-    request: Request, status: int, code: str, detail: str, rule: str | None = None
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    rule: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
+        **(extra or {}),
         "type": f"https://kyodo.dev/errors/{code}",
         "title": code,
         "status": status,
@@ -263,7 +286,7 @@ def create_app(
 
     @app.exception_handler(Problem)
     async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
-        return _problem(request, exc.status, exc.code, exc.detail, exc.rule)
+        return _problem(request, exc.status, exc.code, exc.detail, exc.rule, exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -513,7 +536,161 @@ def create_app(
             raise Problem(422, "contract_error", str(exc)) from exc
         return _ok(request, {"result": _jsonable(response.result), "height": response.height})
 
+    @app.get("/healthz", tags=["ledger"])
+    async def healthz(request: Request) -> Any:
+        """Liveness for load balancers: no data, no authentication (503 when quarantined)."""
+        refusal = backend.serving_refusal()
+        if refusal is not None:
+            return JSONResponse({"ok": False, "quarantined": True}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    @app.post("/v1/transactions", tags=["transactions"], status_code=200)
+    async def submit(
+        request: Request,
+        body: SubmitBody,
+        mode: Annotated[str, Query(pattern="^(sync|async)$")] = "sync",
+        wait_ms: Annotated[int, Query(ge=0, le=60_000)] = 30_000,
+        authorization: AuthHeader = None,
+    ) -> Any:
+        """Order a transaction signed by its creator (who must be the token's identity).
+        ``sync``: wait for finality (up to ``wait_ms``); ``async``: 202 and where to poll."""
+        claims, member = authenticate(request, authorization)
+        try:
+            envelope = TxEnvelope(
+                payload=base64.b64decode(body.payload, validate=True),
+                signature=base64.b64decode(body.signature, validate=True),
+            )
+            tx = envelope.transaction()
+        except (binascii.Error, ValueError, DecodeError) as exc:
+            raise Problem(400, "malformed", f"payload and signature: {exc}") from exc
+        if tx.creator != claims.certificate:
+            raise Problem(
+                403,
+                "auth.identity_mismatch",
+                "the transaction's creator is not the identity this token is bound to",
+            )
+        allow(f"submit/{tx.contract}/{tx.function}", member)
+        try:
+            status = await backend.submit(envelope, 0 if mode == "async" else wait_ms)
+        except TransactionRejectedError as exc:
+            http = {"duplicate": 409, "busy": 503}.get(exc.reason, 400)
+            if exc.reason in _IDENTITY_REASONS:
+                http = 403
+            raise Problem(http, f"rejected.{exc.reason}", str(exc)) from exc
+        except AccessDeniedError as exc:
+            raise Problem(403, "access_denied", str(exc), rule=exc.rule) from exc
+        outcome = _status_json(status)
+        if status.state != "final":
+            response = _ok(request, outcome)
+            response.status_code = 202
+            response.headers["Location"] = f"/v1/transactions/{status.tx_id.hex()}/status"
+            return response
+        if status.status != 0:
+            failure = _FAILURES.get(status.status, "contract_error")
+            problem = Problem(422, failure, status.message or failure)
+            problem.extra = {"tx_id": status.tx_id.hex(), "height": status.height}
+            raise problem
+        return _ok(request, outcome)
+
+    @app.get("/v1/transactions/{tx_id}/status", tags=["transactions"])
+    async def status_of(
+        request: Request,
+        tx_id: str,
+        wait_ms: Annotated[int, Query(ge=0, le=60_000)] = 0,
+        authorization: AuthHeader = None,
+    ) -> Any:
+        """Where a transaction stands: unknown, pending or final (with its result)."""
+        _, member = authenticate(request, authorization)
+        allow("transactions.read", member)
+        try:
+            key = bytes.fromhex(tx_id)
+        except ValueError as exc:
+            raise Problem(400, "malformed", "tx_id is 64 hex digits") from exc
+        return _ok(request, _status_json(await backend.tx_status(key, wait_ms)))
+
+    @app.get("/v1/contracts", tags=["contracts"])
+    async def contracts(request: Request, authorization: AuthHeader = None) -> Any:
+        """The contracts callers can use, with their functions and access rules."""
+        _, member = authenticate(request, authorization)
+        allow("config.read", member)
+        return _ok(request, {"contracts": _jsonable(await backend.contracts())})
+
+    @app.get("/v1/contracts/{name}", tags=["contracts"])
+    async def contract(request: Request, name: str, authorization: AuthHeader = None) -> Any:
+        """One contract's functions: parameters, read-only, who may call."""
+        _, member = authenticate(request, authorization)
+        allow("config.read", member)
+        for found in await backend.contracts():
+            if found["name"] == name:
+                return _ok(request, _jsonable(found))
+        raise Problem(404, "not_found", f"no contract named {name!r}")
+
+    @app.get("/v1/network", tags=["ledger"])
+    async def network(request: Request, authorization: AuthHeader = None) -> Any:
+        """The network's members: organizations, nodes, validators, configuration epoch."""
+        _, member = authenticate(request, authorization)
+        allow("config.read", member)
+        current = backend.current_config()
+        config = decode_record(NetworkConfig, current.config)
+        return _ok(
+            request,
+            {
+                "chain_id": config.chain_id,
+                "epoch": config.epoch,
+                "in_force_from": current.in_force_from,
+                "organizations": [o.org_id for o in config.orgs],
+                "nodes": [
+                    {
+                        "node_id": n.node_id,
+                        "org_id": n.org_id,
+                        "validator": n.validator,
+                        "address": f"{n.host}:{n.gateway_port}",
+                    }
+                    for n in config.nodes
+                ],
+            },
+        )
+
     return app
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payload: str = Field(
+        max_length=2 * MAX_REQUEST_BYTES, description="base64 of the canonical Transaction."
+    )
+    signature: str = Field(max_length=256, description="base64 Ed25519 signature.")
+
+
+_IDENTITY_REASONS = frozenset(
+    {
+        "unknown_identity",
+        "unknown_ca",
+        "certificate_expired",
+        "wrong_role",
+        "revoked",
+        "bad_signature",
+    }
+)
+_FAILURES = {
+    1: "contract_error",
+    2: "unknown_function",
+    3: "resource_limit",
+    4: "access_denied",
+    5: "contract_terminated",
+}
+
+
+def _status_json(status: TxStatusResponse) -> dict[str, Any]:
+    return {
+        "tx_id": status.tx_id.hex(),
+        "state": status.state,
+        "height": status.height,
+        "tx_index": status.tx_index,
+        "status": status.status,
+        "result": _jsonable(status.result),
+        "message": status.message,
+    }
 
 
 class RestGateway:

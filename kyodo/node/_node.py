@@ -1739,6 +1739,30 @@ class Node:
 
         return await self._in_ledger(run)  # type: ignore[no-any-return]
 
+    async def contracts(self) -> list[dict[str, Any]]:
+        """Every contract callers can use (built in, or deployed and not withdrawn)."""
+
+        def read() -> list[dict[str, Any]]:
+            names = sorted(self.executor.builtin_names)
+            for _, entry in self.store.iter_state("_lifecycle", "definition/", "definition0"):
+                value = entry.value
+                if isinstance(value, dict) and value.get("status") in ("active", "terminated"):
+                    names.append(str(value["name"]))
+            out = []
+            for name in names:
+                described = self.executor.describe(self.store, name)
+                if name in self.executor.builtin_names:
+                    described["version"] = kyodo.__version__
+                else:
+                    definition = self.store.get_state("_lifecycle", f"definition/{name}")
+                    assert definition is not None
+                    described["version"] = definition.value.get("version", "")
+                    described["sequence"] = definition.value.get("sequence", 0)
+                out.append(described)
+            return out
+
+        return await self._in_reader(read)  # type: ignore[no-any-return]
+
     async def get_proof(self, request: ProofRequest) -> bytes:
         """A ``kyodo-proof/v1`` document, verified here against the genesis block before
         it leaves (LookupError: no such block, transaction or height)."""

@@ -273,3 +273,65 @@ def test_a_browser_logs_in_with_webcrypto_and_reads_as_the_user(network):
     assert outcome["who"]["identity"] == "org3/client/user1"
     assert outcome["extractable"] is False
     assert outcome["anonymous"] == 401 and outcome["problem"] == "application/problem+json"
+
+
+def _envelope_body(network, org: str, user: str, function: str, *args) -> dict[str, str]:
+    import base64
+
+    with network.gateway(org, user) as gw:
+        envelope = gw.sign("asset_transfer", function, args)
+    return {
+        "payload": base64.b64encode(envelope.payload).decode(),
+        "signature": base64.b64encode(envelope.signature).decode(),
+    }
+
+
+def test_transactions_are_submitted_over_rest_sync_and_async(network):
+    token = login(network)
+    body = _envelope_body(network, "org1", "user1", "create_account", "rest-sync")
+    done = call(network, "POST", "/v1/transactions", token, body)
+    assert done["state"] == "final" and done["status"] == 0
+    assert done["result"]["owner"] == "org1/user1"
+    with pytest.raises(KyodoError) as again:  # the same signed transaction twice
+        call(network, "POST", "/v1/transactions", token, body)
+    assert again.value.code == "rejected.duplicate"
+    queued = _envelope_body(network, "org1", "user1", "create_account", "rest-async")
+    accepted = call(network, "POST", "/v1/transactions?mode=async", token, queued)
+    assert accepted["state"] in ("pending", "final")
+    final = wait_until(
+        lambda: (
+            (s := call(network, "GET", f"/v1/transactions/{accepted['tx_id']}/status", token))[
+                "state"
+            ]
+            == "final"
+            and s
+        ),
+        timeout_s=30,
+        what="the async transaction final",
+    )
+    assert final["status"] == 0 and final["height"] >= 1
+    failing = _envelope_body(network, "org1", "user1", "transfer", "rest-sync", "nobody", 5)
+    with pytest.raises(KyodoError) as failed:  # recorded in a block, refused by the contract
+        call(network, "POST", "/v1/transactions", token, failing)
+    assert failed.value.code == "contract_error" and "nobody" in str(failed.value)
+    someone_else = _envelope_body(network, "org1", "admin", "create_account", "not-mine")
+    with pytest.raises(KyodoError) as mismatch:
+        call(network, "POST", "/v1/transactions", token, someone_else)
+    assert mismatch.value.code == "auth.identity_mismatch"
+
+
+def test_contracts_network_members_and_health_are_described(network):
+    token = login(network)
+    listed = call(network, "GET", "/v1/contracts", token)["contracts"]
+    names = {c["name"] for c in listed}
+    assert {"asset_transfer", "_lifecycle"} <= names
+    transfer = call(network, "GET", "/v1/contracts/asset_transfer", token)
+    functions = {f["name"]: f for f in transfer["functions"]}
+    assert functions["balance"]["read_only"] and not functions["transfer"]["read_only"]
+    assert [p["name"] for p in functions["transfer"]["params"]][:2] == ["source", "target"] or (
+        len(functions["transfer"]["params"]) == 3
+    )
+    members = call(network, "GET", "/v1/network", token)
+    assert members["organizations"] == ["org1", "org2", "org3", "org4"]
+    assert sum(n["validator"] for n in members["nodes"]) == 4
+    assert call(network, "GET", "/healthz") == {"ok": True}
