@@ -820,3 +820,24 @@ def test_revoking_an_intermediate_refuses_everything_it_issued() -> None:
     own = issuing.revocation_list([load_certificate(pem).serial_number], now=NOW)
     with pytest.raises(identity.CertificateRevokedError):
         Membership({"org1": issuing.trust_pem}, crls={"org1": own}).validate(pem, now=NOW)
+
+
+def test_a_signature_bit_string_with_unused_bits_is_malformed() -> None:
+    """The same signed certificate re-encoded with a nonzero unused-bits count would be
+    another byte string (another fingerprint) for the same member: refused."""
+    for attempt in range(64):  # ECDSA signatures vary: find one ending in a 0 bit, which
+        pem = _ca("org1").issue_signing_cert(  # the parser accepts with 1 unused bit
+            name=f"peer{attempt}",
+            role=Role.NODE,
+            public_key=_signing_key("peer0").public_key(),
+            now=NOW,
+        )
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        signature = load_certificate(der).signature
+        if signature[-1] % 2 == 0:
+            break
+    at = len(der) - len(signature) - 1
+    assert der[at] == 0
+    mutated = der[:at] + b"\x01" + der[at + 1 :]
+    with pytest.raises(MalformedCertificateError, match="unused bits"):
+        load_certificate(mutated)

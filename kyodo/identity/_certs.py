@@ -113,11 +113,20 @@ def parse_der(der: bytes) -> x509.Certificate:
     """Parse a DER certificate; every failure becomes MalformedCertificateError."""
     _check_serial_is_positive(der)
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
+        signature = cert.signature
     except CRYPTOGRAPHY_ERRORS as exc:
         raise MalformedCertificateError(
             f"cannot read the certificate ({len(der)} bytes of DER): {exc}"
         ) from exc
+    # The signature is a BIT STRING whose first content byte counts unused bits; DER
+    # requires 0 here, but the parser accepts others, which would let the same signed
+    # certificate be re-encoded into other bytes (another fingerprint). Refuse them.
+    if not der.endswith(signature) or der[-len(signature) - 1] != 0:
+        raise MalformedCertificateError(
+            "the certificate's signature BIT STRING is not minimally encoded (unused bits)"
+        )
+    return cert
 
 
 def _decode_pem(data: bytes) -> bytes:

@@ -7,6 +7,7 @@ import json
 import ssl
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -335,3 +336,50 @@ def test_contracts_network_members_and_health_are_described(network):
     assert members["organizations"] == ["org1", "org2", "org3", "org4"]
     assert sum(n["validator"] for n in members["nodes"]) == 4
     assert call(network, "GET", "/healthz") == {"ok": True}
+
+
+def test_schemathesis_finds_no_5xx_and_every_refusal_is_problem_json(network):
+    """Every operation of the OpenAPI description, with generated and malformed inputs
+    (schemathesis, positive and negative modes), as an authenticated user."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    raw = call(network, "GET", "/openapi.json")
+    schema = schemathesis.openapi.from_dict(raw)
+    token = login(network)
+    bundle_file = network.folder / "ca-bundle.pem"
+    bad: list[tuple[Any, ...]] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=15,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def check(case: Any) -> None:
+                response = case.call(
+                    base_url=base(network),
+                    headers={"Authorization": f"Bearer {token}"},
+                    verify=str(bundle_file),
+                    timeout=30,
+                )
+                kind = response.headers.get("content-type", "")
+                kind = kind[0] if isinstance(kind, list) else kind
+                if response.status_code >= 500 or (
+                    response.status_code >= 400 and not kind.startswith("application/problem+json")
+                ):
+                    bad.append((case.operation.label, response.status_code, response.text))
+
+            try:
+                check()
+            except Unsatisfiable:  # no malformed input exists (an operation without inputs)
+                continue
+    assert operations >= 10
+    assert bad == [], bad[:5]
