@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from kyodo.cli._app import DEFAULT_DIR, DirOption, JsonOption, _fail, _progress, console
-from kyodo.cli._network import LocalNetwork
+from kyodo.cli._ca import _network
 from kyodo.client import KyodoError
 from kyodo.ledger import ConfigView
 from kyodo.policy import DEFAULT_ACLS
@@ -22,14 +22,6 @@ acl_app = typer.Typer(
     help="The network's access rules: who may read blocks, submit to a contract, ...",
     no_args_is_help=True,
 )
-
-
-def _network(folder: DirOption) -> LocalNetwork:
-    try:
-        return LocalNetwork(folder)
-    except KyodoError as exc:
-        _fail(f"{exc} [{exc.code}]")
-        raise
 
 
 @acl_app.command("list")

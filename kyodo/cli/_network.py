@@ -330,8 +330,8 @@ def _load_org(folder: Path, org_id: str) -> _Org:
     key_doc = json.loads((org_dir / "ca" / "ca.key").read_text())
     key = load_private_key(org_dir / "ca" / "ca.key", passphrase)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + b for b in (org_dir / "ca" / "ca.pem").read_bytes().split(marker)[1:]]
+    bundle = x509.load_pem_x509_certificates((org_dir / "ca" / "ca.pem").read_bytes())
+    blocks = [c.public_bytes(serialization.Encoding.PEM) for c in bundle]
     ca = CertificateAuthority(  # the last certificate of the bundle issues
         org=org_id, cert_pem=blocks[-1], key=key, chain_pem=b"".join(blocks[:-1])
     )

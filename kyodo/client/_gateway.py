@@ -41,6 +41,7 @@ from kyodo.client.errors import (
 from kyodo.codec import decode_record, encode
 from kyodo.crypto import Signer
 from kyodo.wire import (
+    FAILURE_CODES,
     GATEWAY_SERVICE,
     AuditExportRequest,
     AuditExportResponse,
@@ -77,14 +78,6 @@ __all__ = [
 ]
 
 _ERROR_TRAILER = "kyodo-error-bin"
-_FAILURE_CODES = {
-    1: "contract_error",
-    2: "unknown_function",
-    3: "resource_limit",
-    4: "access_denied",
-    5: "contract_terminated",
-}
-"""TxStatus of a failed transaction -> the error code the SDK raises with."""
 R = TypeVar("R")
 
 
@@ -421,7 +414,7 @@ class Contract:
         if response.state != "final":
             raise NotFinal(f"transaction {tx_id} not final after {wait_s} s", tx_id=tx_id)
         if response.status != 0:
-            code = _FAILURE_CODES.get(response.status, "contract_error")
+            code = FAILURE_CODES.get(response.status, "contract_error")
             error = AccessDenied if code == "access_denied" else ContractFailed
             raise error(response.message, code=code, tx_id=tx_id, height=response.height)
         return SubmitResult(

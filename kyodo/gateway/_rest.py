@@ -70,6 +70,7 @@ from kyodo.ledger import (
 )
 from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
+    FAILURE_CODES,
     MAX_REQUEST_BYTES,
     ConfigResponse,
     EvaluateResponse,
@@ -586,7 +587,7 @@ def create_app(
             response.headers["Location"] = f"/v1/transactions/{status.tx_id.hex()}/status"
             return response
         if status.status != 0:
-            failure = _FAILURES.get(status.status, "contract_error")
+            failure = FAILURE_CODES.get(status.status, "contract_error")
             problem = Problem(422, failure, status.message or failure)
             problem.extra = {"tx_id": status.tx_id.hex(), "height": status.height}
             raise problem
@@ -672,13 +673,6 @@ _IDENTITY_REASONS = frozenset(
         "bad_signature",
     }
 )
-_FAILURES = {
-    1: "contract_error",
-    2: "unknown_function",
-    3: "resource_limit",
-    4: "access_denied",
-    5: "contract_terminated",
-}
 
 
 def _status_json(status: TxStatusResponse) -> dict[str, Any]:

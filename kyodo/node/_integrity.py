@@ -186,9 +186,6 @@ class VerifiedState:
     def get_history(self, namespace: str, key: str, *, limit: int = 1000) -> list[HistoryEntry]:
         return self._store.get_history(namespace, key, limit=limit)
 
-    def get_node(self, node_hash: bytes) -> bytes | None:
-        return self._store.get_node(node_hash)
-
 
 @dataclass
 class PassReport:

@@ -261,6 +261,7 @@ class Node:
         self._repair_waiters: dict[bytes, asyncio.Queue[RepairResponse]] = {}
         self._mark = HighWaterMark(home / "tip.mark")
         self._mark_height = -1
+        """Owned by the ledger thread (start-up check, appends)."""
         self.verifier: Verifier | None = None
         self._network_up = False
         self.audit: AuditLog
@@ -1169,9 +1170,6 @@ class Node:
     def _on_appended(self, block: Block) -> None:
         height = block.header.height
         self._tip = (height, block.block_hash(), block.header.state_root)
-        if height > self._mark_height:  # never lowered: a rollback must stay visible
-            self._mark_height = height
-            self._mark.write(height, block.block_hash())
         self._last_append_s = time.monotonic()
         self.metrics.height.set(height)
         self.metrics.txs_committed.inc(len(block.txs))
@@ -1366,6 +1364,10 @@ class Node:
         )
         self._tip_header = block.header
         self._prepared.clear()  # state changes computed on the old tip are stale
+        height = block.header.height
+        if height > self._mark_height:  # never lowered: a rollback must stay visible
+            self._mark_height = height
+            self._mark.write(height, block.block_hash())
 
     # -- p2p -------------------------------------------------------------------------
 
@@ -1737,7 +1739,7 @@ class Node:
                 signing_cert=b"" if me is None else me.signing_cert,
             )
 
-        return await self._in_ledger(run)  # type: ignore[no-any-return]
+        return await self._in_reader(run)  # type: ignore[no-any-return]
 
     async def contracts(self) -> list[dict[str, Any]]:
         """Every contract callers can use (built in, or deployed and not withdrawn)."""

@@ -25,6 +25,7 @@ from kyodo.wire._gateway import (
     login_message,
 )
 from kyodo.wire._tx import (
+    FAILURE_CODES,
     QUERY_DOMAIN,
     Event,
     Transaction,
@@ -37,6 +38,7 @@ from kyodo.wire._tx import (
 )
 
 __all__ = [
+    "FAILURE_CODES",
     "GATEWAY_SERVICE",
     "MAX_REQUEST_BYTES",
     "QUERY_DOMAIN",

@@ -14,6 +14,7 @@ from kyodo.codec import decode_record, record
 from kyodo.crypto import sha256
 
 __all__ = [
+    "FAILURE_CODES",
     "QUERY_DOMAIN",
     "Event",
     "Transaction",
@@ -85,6 +86,15 @@ class TxEnvelope:
         """Decode the payload (raises DecodeError on malformed or non-canonical bytes)."""
         return decode_record(Transaction, self.payload, max_size=1024 * 1024)
 
+
+FAILURE_CODES: dict[int, str] = {
+    TxStatus.CONTRACT_ERROR: "contract_error",
+    TxStatus.UNKNOWN_FUNCTION: "unknown_function",
+    TxStatus.RESOURCE_LIMIT: "resource_limit",
+    TxStatus.ACCESS_DENIED: "access_denied",
+    TxStatus.CONTRACT_TERMINATED: "contract_terminated",
+}
+"""The stable error code of each failed transaction status (gateways, SDK)."""
 
 QUERY_DOMAIN = b"kyodo/query/v1\x00"
 """Prefix of what a query's (Evaluate's) signature covers: a query can never be replayed

@@ -329,9 +329,11 @@ def test_contracts_network_members_and_health_are_described(network):
     transfer = call(network, "GET", "/v1/contracts/asset_transfer", token)
     functions = {f["name"]: f for f in transfer["functions"]}
     assert functions["balance"]["read_only"] and not functions["transfer"]["read_only"]
-    assert [p["name"] for p in functions["transfer"]["params"]][:2] == ["source", "target"] or (
-        len(functions["transfer"]["params"]) == 3
-    )
+    assert [(p["name"], p["type"]) for p in functions["transfer"]["params"]] == [
+        ("source", "str"),
+        ("target", "str"),
+        ("amount", "int"),
+    ]
     members = call(network, "GET", "/v1/network", token)
     assert members["organizations"] == ["org1", "org2", "org3", "org4"]
     assert sum(n["validator"] for n in members["nodes"]) == 4
