@@ -8,6 +8,7 @@ written anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,8 @@ class UserCredentials:
     """A key file's signer, or an HSM key's (kyodo.crypto.Pkcs11Signer)."""
     tls: TlsCredentials
 
-    def connect(self, address: str, **kwargs: object) -> Gateway:
-        """Connect to a gateway as this user."""
+    def connect(self, address: str | Sequence[str], **kwargs: object) -> Gateway:
+        """Connect to a gateway as this user (several addresses: failover in that order)."""
         return connect(self.identity, self.signer, address, tls=self.tls, **kwargs)  # type: ignore[arg-type]
 
 

@@ -83,3 +83,33 @@ class Unauthenticated(KyodoError):
 
 class Unavailable(KyodoError):
     """The gateway could not be reached (after retries)."""
+
+
+class RateLimited(KyodoError):
+    """The gateway refused the call: this identity is over its rate (``rate_limited``).
+    The SDK retries after ``retry_after_s`` before raising this.
+
+    Attributes:
+        retry_after_s: when one call will pass again (None if the gateway did not say).
+    """
+
+    def __init__(
+        self, message: str, *, code: str = "rate_limited", retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(KyodoError):
+    """The request itself is wrong (``malformed``, ``too_large``, ``events.invalid``...):
+    retrying it unchanged cannot succeed."""
+
+
+class Conflict(KyodoError):
+    """The request conflicts with what exists (``events.conflict``: a subscription of
+    that name exists with another declaration)."""
+
+
+class StreamSuperseded(KyodoError):
+    """Another consumer opened the same subscription; this stream ended
+    (``events.superseded``)."""

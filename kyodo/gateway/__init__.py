@@ -7,6 +7,7 @@ from kyodo.gateway._auth import (
     check_request,
     request_id,
 )
+from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.gateway._rest import RestGateway, create_app
 from kyodo.gateway._server import ERROR_TRAILER, GatewayBackend, GatewayError, GatewayServer
 from kyodo.gateway._tokens import TokenClaims, TokenService
@@ -17,6 +18,8 @@ __all__ = [
     "GatewayBackend",
     "GatewayError",
     "GatewayServer",
+    "RateLimited",
+    "RateLimiter",
     "ReplayGuard",
     "RequestRejectedError",
     "RestGateway",

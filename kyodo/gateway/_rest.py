@@ -39,6 +39,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 import ssl
 import time
@@ -59,6 +60,7 @@ from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
+from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.gateway._tokens import TokenService
 from kyodo.identity import IdentityError, Member, certificate_der
 from kyodo.ledger import (
@@ -122,6 +124,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status, self.code, self.detail, self.rule = status, code, detail, rule
         self.extra: dict[str, Any] = {}
+        self.headers: dict[str, str] = {}
 
 
 class ChallengeRequest(BaseModel):
@@ -272,7 +275,11 @@ def _canonical_arg(value: Any, path: str) -> Any:
 
 
 def create_app(
-    backend: RestBackend, tokens: TokenService, *, audit: AuditLog | None = None
+    backend: RestBackend,
+    tokens: TokenService,
+    *,
+    audit: AuditLog | None = None,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """The REST application of one node (every call recorded in ``audit``)."""
     app = FastAPI(
@@ -287,7 +294,9 @@ def create_app(
 
     @app.exception_handler(Problem)
     async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
-        return _problem(request, exc.status, exc.code, exc.detail, exc.rule, exc.extra)
+        response = _problem(request, exc.status, exc.code, exc.detail, exc.rule, exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -345,7 +354,19 @@ def create_app(
         except RequestRejectedError as exc:
             raise _auth_problem(exc) from exc
         request.state.identity = f"{member.org}/{member.role}/{member.name}"
+        limit(request.state.identity)
         return claims, member
+
+    def limit(identity: str) -> None:
+        if limiter is None:
+            return
+        try:
+            limiter.check(identity)
+        except RateLimited as exc:
+            problem = Problem(429, "rate_limited", str(exc))
+            problem.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            problem.extra["retry_after_ms"] = int(exc.retry_after_s * 1000)
+            raise problem from exc
 
     def allow(resource: str, member: Member) -> None:
         try:
@@ -362,6 +383,10 @@ def create_app(
             der = certificate_der(body.certificate.encode())
         except IdentityError as exc:
             raise Problem(400, "malformed", f"certificate: {exc}") from exc
+        # challenges cost the node memory: limited per certificate (anyone may hold a
+        # member's public certificate) and per client address
+        limit("login:" + sha256(der).hex())
+        limit("login-from:" + (request.client.host if request.client else "?"))
         try:
             nonce, expires = tokens.challenge(der, backend.auth_context(), _now_ms())
         except RequestRejectedError as exc:

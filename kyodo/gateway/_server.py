@@ -34,8 +34,10 @@ builds on these records.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -49,6 +51,7 @@ from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
+from kyodo.events import EventHub, EventsError, Session
 from kyodo.gateway._auth import (
     AuthContext,
     ReplayGuard,
@@ -56,6 +59,7 @@ from kyodo.gateway._auth import (
     check_request,
     request_id,
 )
+from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.identity import IdentityError, Member, load_certificate
 from kyodo.ledger import CheckedTx, LedgerError, TransactionRejectedError, check_envelope
 from kyodo.policy import AccessRefused, Identity
@@ -69,14 +73,22 @@ from kyodo.wire import (
     BlockRequest,
     BlockResponse,
     ConfigResponse,
+    ContractList,
     ErrorBody,
     EvaluateResponse,
+    EventFilter,
     NodeStatus,
     ProofRequest,
     ProofResponse,
     SignedRequest,
     StatusRequest,
+    StreamAck,
+    StreamOpen,
     SubmitRequest,
+    SubscribeRequest,
+    SubscriptionInfo,
+    SubscriptionList,
+    SubscriptionRequest,
     TxEnvelope,
     TxRequest,
     TxResponse,
@@ -96,12 +108,21 @@ _about: ContextVar[str] = ContextVar("kyodo_gateway_about", default="")
 class GatewayError(Exception):
     """A refusal with a stable code, mapped to a gRPC status."""
 
-    def __init__(self, status: grpc.StatusCode, code: str, message: str, *, rule: str = "") -> None:
+    def __init__(
+        self,
+        status: grpc.StatusCode,
+        code: str,
+        message: str,
+        *,
+        rule: str = "",
+        retry_after_ms: int = 0,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.rule = rule
         """The ACL rule that refused, if one did."""
+        self.retry_after_ms = retry_after_ms
 
 
 class GatewayBackend(Protocol):
@@ -137,6 +158,10 @@ class GatewayBackend(Protocol):
 
     async def audit_anchor(self) -> TxStatusResponse: ...
 
+    async def contracts(self) -> list[dict[str, Any]]: ...
+
+    events: EventHub
+
 
 class GatewayServer:
     """The gRPC server of one node."""
@@ -152,9 +177,11 @@ class GatewayServer:
         host: str,
         port: int,
         audit: AuditLog | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._backend = backend
         self._audit = audit
+        self._limiter = limiter
         self._org_cas = x509.load_pem_x509_certificates(org_ca_pem)  # root, intermediates
         self._server = grpc.aio.server(
             options=[
@@ -174,6 +201,18 @@ class GatewayServer:
             "AuditQuery": self._signed("AuditQuery", "audit.read", self._audit_query),
             "AuditExport": self._signed("AuditExport", "audit.read", self._audit_export),
             "AuditAnchor": self._signed("AuditAnchor", "audit.anchor", self._audit_anchor),
+            "ListContracts": self._signed("ListContracts", "config.read", self._list_contracts),
+            "Subscribe": self._signed("Subscribe", "events.subscribe", self._subscribe),
+            "GetSubscription": self._signed(
+                "GetSubscription", "events.subscribe", self._get_subscription
+            ),
+            "ListSubscriptions": self._signed(
+                "ListSubscriptions", "events.subscribe", self._list_subscriptions
+            ),
+            "DeleteSubscription": self._signed(
+                "DeleteSubscription", "events.subscribe", self._delete_subscription
+            ),
+            "Events": grpc.stream_stream_rpc_method_handler(self._events),
         }
         self._replays = ReplayGuard()
         self._server.add_generic_rpc_handlers(
@@ -203,26 +242,45 @@ class GatewayServer:
         """A method whose request is a SignedRequest, guarded by the ACL of ``resource``."""
 
         async def checked(request: bytes, tls_caller: str) -> Any:
-            signed = _decode(SignedRequest, request)
-            context = self._backend.auth_context()
-            now = _now_ms()
-            try:
-                payload, member = check_request(signed, method=method, context=context, now_ms=now)
-                _check_same_org(member, tls_caller)
-                self._replays.admit(
-                    request_id(signed),
-                    created_ms=payload.created_ms,
-                    now_ms=now,
-                    window_ms=context.max_age_ms,
-                )
-            except RequestRejectedError as exc:
-                raise _auth_refused(exc) from exc
-            _signer.set(_name(member))
+            body, member = self._check_signed(request, method, tls_caller)
             if resource:  # else the method checks the resource it is about itself
-                _check_acl(context, resource, member)
-            return await fn(payload.body, member)
+                _check_acl(self._backend.auth_context(), resource, member)
+            return await fn(body, member)
 
         return self._unary(checked, method)
+
+    def _check_signed(self, request: bytes, method: str, tls_caller: str) -> tuple[bytes, Member]:
+        """The body of a SignedRequest for ``method`` and its signer, or GatewayError."""
+        signed = _decode(SignedRequest, request)
+        context = self._backend.auth_context()
+        now = _now_ms()
+        try:
+            payload, member = check_request(signed, method=method, context=context, now_ms=now)
+            _check_same_org(member, tls_caller)
+            self._replays.admit(
+                request_id(signed),
+                created_ms=payload.created_ms,
+                now_ms=now,
+                window_ms=context.max_age_ms,
+            )
+        except RequestRejectedError as exc:
+            raise _auth_refused(exc) from exc
+        _signer.set(_name(member))
+        return payload.body, member
+
+    def _rate_check(self, caller: str) -> None:
+        """Refuse a caller over its rate (RESOURCE_EXHAUSTED, ``rate_limited``)."""
+        if self._limiter is None:
+            return
+        try:
+            self._limiter.check(caller)
+        except RateLimited as exc:
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "rate_limited",
+                str(exc),
+                retry_after_ms=int(exc.retry_after_s * 1000),
+            ) from exc
 
     def _unary(
         self, fn: Callable[[bytes, str], Awaitable[Any]], name: str = ""
@@ -236,6 +294,7 @@ class GatewayServer:
             caller = _presented(context)  # until authenticated: who the certificate claims
             try:
                 caller = self._authenticate(context)
+                self._rate_check(caller)
                 if name != "NodeStatus" and (refusal := self._backend.serving_refusal()):
                     raise GatewayError(grpc.StatusCode.UNAVAILABLE, "quarantined", refusal)
                 response = await fn(request, caller)
@@ -308,7 +367,7 @@ class GatewayServer:
             detail=str(exc),
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        body = encode(ErrorBody(code=exc.code, message=str(exc)))
+        body = encode(ErrorBody(code=exc.code, message=str(exc), retry_after_ms=exc.retry_after_ms))
         await context.abort(exc.status, str(exc), trailing_metadata=((ERROR_TRAILER, body),))
 
     def _record(
@@ -513,6 +572,146 @@ class GatewayServer:
         except LookupError as exc:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "not_found", str(exc)) from exc
         return ProofResponse(document=document)
+
+    async def _list_contracts(self, request: bytes, caller: Member) -> ContractList:
+        _about.set("contracts")
+        return ContractList(contracts=tuple(await self._backend.contracts()))
+
+    def _check_filter_access(self, flt: EventFilter, member: Member) -> None:
+        """What a stream delivers is readable by its consumer: blocks and transactions
+        need their read rights, state changes need ``state.read``."""
+        context = self._backend.auth_context()
+        if flt.kind == "blocks":
+            _check_acl(context, "blocks.read", member)
+        if flt.kind == "transactions":
+            _check_acl(context, "transactions.read", member)
+        if flt.include_state:
+            _check_acl(context, "state.read", member)
+
+    async def _subscribe(self, request: bytes, caller: Member) -> SubscriptionInfo:
+        req = _decode(SubscribeRequest, request)
+        _about.set(f"subscription {req.spec.name[:64]}")
+        self._check_filter_access(req.spec.filter, caller)
+        with _events_errors():
+            return self._backend.events.declare(req.spec, _name(caller), after=req.after)
+
+    async def _get_subscription(self, request: bytes, caller: Member) -> SubscriptionInfo:
+        req = _decode(SubscriptionRequest, request)
+        _about.set(f"subscription {req.name[:64]}")
+        with _events_errors():
+            return self._backend.events.get(req.name, caller.org)
+
+    async def _list_subscriptions(self, request: bytes, caller: Member) -> SubscriptionList:
+        _about.set("subscriptions")
+        return SubscriptionList(subscriptions=tuple(self._backend.events.list(caller.org)))
+
+    async def _delete_subscription(self, request: bytes, caller: Member) -> SubscriptionInfo:
+        req = _decode(SubscriptionRequest, request)
+        _about.set(f"subscription {req.name[:64]} delete")
+        with _events_errors():
+            info = self._backend.events.get(req.name, caller.org)
+            self._backend.events.delete(req.name, caller.org)
+        return info
+
+    async def _events(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """A pull stream: the first request is a signed StreamOpen, the next ones are
+        StreamAck; the responses are StreamBatch. Refusals end the stream like a unary
+        call's (status + ErrorBody trailer)."""
+        started = time.perf_counter()
+        _signer.set("")
+        _about.set("")
+        caller = _presented(context)
+        hub = self._backend.events
+        session: Session | None = None
+        delivered = 0
+        try:
+            caller = self._authenticate(context)
+            self._rate_check(caller)
+            if refusal := self._backend.serving_refusal():
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE, "quarantined", refusal)
+            try:
+                first = await asyncio.wait_for(anext(aiter(requests)), timeout=30)
+            except (StopAsyncIteration, TimeoutError) as exc:
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "malformed", "no StreamOpen request"
+                ) from exc
+            body, member = self._check_signed(first, "Events", caller)
+            _check_acl(self._backend.auth_context(), "events.subscribe", member)
+            opened = _decode(StreamOpen, body)
+            _about.set(f"events {opened.subscription[:64] or '(inline)'}")
+            with _events_errors():
+                flt = opened.filter
+                if opened.subscription:
+                    flt = hub.get(opened.subscription, member.org).filter
+                if flt is not None:
+                    self._check_filter_access(flt, member)
+                session = hub.open(opened, _name(member))
+        except GatewayError as exc:
+            await self._refuse(context, "Events", caller, started, exc)
+            return
+        self._record("Events", caller, context.peer(), "allowed", _about.get(), "", "", b"")
+        log.info("events_stream_opened", caller=caller, subject=_about.get())
+        failure: list[GatewayError] = []
+
+        async def read_acks() -> None:
+            try:
+                async for raw in requests:
+                    ack = _decode(StreamAck, raw)
+                    with _events_errors():
+                        session.ack(ack.position)
+            except GatewayError as exc:
+                failure.append(exc)
+            session.close()
+
+        acks = asyncio.get_running_loop().create_task(read_acks())
+        try:
+            async for batch in session.batches():
+                delivered += len(batch.items)
+                yield encode(batch)
+        finally:
+            acks.cancel()
+            hub.release(session)
+            log.info(
+                "events_stream_closed",
+                caller=caller,
+                subject=_about.get(),
+                delivered=delivered,
+                superseded=session.superseded,
+            )
+        if failure:
+            await self._refuse(context, "Events", caller, started, failure[0])
+        if session.superseded:
+            await self._refuse(
+                context,
+                "Events",
+                caller,
+                started,
+                GatewayError(
+                    grpc.StatusCode.ABORTED,
+                    "events.superseded",
+                    "another consumer opened this subscription",
+                ),
+            )
+
+
+_EVENTS_STATUS = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "conflict": grpc.StatusCode.ALREADY_EXISTS,
+    "limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "webhook_host": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+@contextlib.contextmanager
+def _events_errors() -> Iterator[None]:
+    """EventsError as a GatewayError with its code."""
+    try:
+        yield
+    except EventsError as exc:
+        status = _EVENTS_STATUS.get(exc.reason, grpc.StatusCode.INVALID_ARGUMENT)
+        raise GatewayError(status, exc.code, str(exc)) from exc
 
 
 def _decode(cls: type[Any], data: bytes) -> Any:

@@ -10,6 +10,9 @@ data. Appending a block writes, in **one atomic batch synced to disk**:
 * ``state``    state key -> canonical ``[value, height, tx_index]`` (the flat state)
 * ``tree``     node hash -> node encoding (content-addressed state tree nodes)
 * ``history``  state key + 0x00 + height (8) + tx_index (4) -> ``[tx_id, value or None]``
+* ``writes``   height (8) -> canonical ``[[state key, tx_index], ...]``: which keys the
+  block wrote, in execution order (the event stream's state changes; values are read
+  from ``history``). Absent for blocks appended before this index existed.
 * ``configs``  epoch (8) -> canonical ``[first_height, NetworkConfig]``: the configuration
   in force from ``first_height`` on, written with the block that carries it
 * ``meta``     tip height, tip hash, state root, genesis hash, and the consensus
@@ -54,7 +57,7 @@ __all__ = [
     "split_state_key",
 ]
 
-_CFS = ("blocks", "txindex", "state", "tree", "history", "meta", "configs")
+_CFS = ("blocks", "txindex", "state", "tree", "history", "meta", "configs", "writes")
 _TIP_HEIGHT = b"tip_height"
 _TIP_HASH = b"tip_hash"
 _STATE_ROOT = b"state_root"
@@ -234,6 +237,32 @@ class LedgerStore:
             it.next()
         return out
 
+    def get_writes(self, height: int) -> list[tuple[bytes, int, Any]] | None:
+        """The state changes of the block at ``height`` as (state key, tx_index, value or
+        None), in execution order; None if this store has no index for that block.
+
+        Each value is read from the history index, so a forged ``writes`` entry that
+        names a write the history does not hold raises StoredDataError.
+        """
+        raw = self._get("writes", _HEIGHT.pack(height))
+        if raw is None:
+            return None
+        out: list[tuple[bytes, int, Any]] = []
+        try:
+            listed = decode_value(raw)
+            for state_key, index in listed:
+                hkey = bytes(state_key) + b"\x00" + _LOCATION.pack(height, int(index))
+                entry = self._get("history", hkey)
+                if entry is None:
+                    raise StoredDataError(
+                        f"the writes index of block {height} names a write of "
+                        f"{bytes(state_key)!r} the history does not hold"
+                    )
+                out.append((bytes(state_key), int(index), decode_value(entry)[1]))
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise StoredDataError(f"the writes index of block {height} is unreadable") from exc
+        return out
+
     def get_node(self, node_hash: bytes) -> bytes | None:
         """A state-tree node by hash (the state tree's NodeReader)."""
         return self._get("tree", node_hash)
@@ -278,6 +307,8 @@ class LedgerStore:
         for state_key, index, tx_id, value in history:
             hkey = state_key + b"\x00" + _LOCATION.pack(header.height, index)
             batch.put(hkey, encode_value([tx_id, value]), h["history"])
+        writes = encode_value([[state_key, index] for state_key, index, _, _ in history])
+        batch.put(_HEIGHT.pack(header.height), writes, h["writes"])
         for node_hash, node in tree_update.new_nodes.items():
             batch.put(node_hash, node, h["tree"])
         batch.put(_TIP_HEIGHT, _HEIGHT.pack(header.height), h["meta"])

@@ -57,6 +57,12 @@ class NodeConfig:
     """URL that receives a JSON POST when the node finds falsified data or repairs it."""
     cert_expiry_warning_days: int = 30
     """A certificate of this node expiring sooner shows as a warning in its status."""
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    """Hosts event-stream webhooks may be sent to; empty: any (http/https)."""
+    rate_limit_per_s: float = 200.0
+    """Gateway calls per second each identity may make (sustained), gRPC and REST."""
+    rate_limit_burst: int = 400
+    """Calls an identity may make at once above the sustained rate."""
     max_frame_bytes: int = 32 * 1024 * 1024
     tick_ms: int = 10
     submit_wait_max_ms: int = 60_000

@@ -78,7 +78,15 @@ from kyodo.crypto import (
     sha256,
     verify_signature,
 )
-from kyodo.gateway import AuthContext, GatewayServer, RestGateway, TokenService, create_app
+from kyodo.events import EventHub
+from kyodo.gateway import (
+    AuthContext,
+    GatewayServer,
+    RateLimiter,
+    RestGateway,
+    TokenService,
+    create_app,
+)
 from kyodo.identity import Membership, fingerprint, load_certificate
 from kyodo.ledger import (
     CONFIG_CONTRACT,
@@ -266,6 +274,9 @@ class Node:
         self._network_up = False
         self.audit: AuditLog
         self._anchored_size = 0
+        self.events: EventHub
+        self.limiter = RateLimiter(self.cfg.rate_limit_per_s, self.cfg.rate_limit_burst)
+        """Calls per identity, shared by the gRPC and REST gateways."""
 
     # -- configuration epochs --------------------------------------------------------
 
@@ -377,6 +388,14 @@ class Node:
             lambda: AuditLog(self.home / "audit", node_id=self.cfg.node_id)
         )
         self._anchored_size = await self._in_ledger(self._read_anchored_size)
+        self.events = await self._in_ledger(
+            lambda: EventHub(
+                self.home / "events",
+                _HubLedger(self),
+                webhook_allowed_hosts=self.cfg.webhook_allowed_hosts,
+            )
+        )
+        self.events.start()
         await self._start_network()
         self._network_up = True
         if self._faults and not self._repairing:
@@ -404,6 +423,7 @@ class Node:
         if self.rest is not None:
             await self.rest.stop()
         await self.p2p.stop()
+        await self.events.close()
         await self._in_ledger(self.audit.close)
         await self._in_ledger(self.store.close)
         self._ledger_thread.shutdown()
@@ -888,6 +908,7 @@ class Node:
             host=self.cfg.listen_host,
             port=self.cfg.gateway_port,
             audit=self.audit,
+            limiter=self.limiter,
         )
         await self.gateway.start()
         if self.cfg.rest_port:
@@ -900,7 +921,7 @@ class Node:
                 ttl_ms=self.cfg.token_ttl_s * 1000,
             )
             self.rest = RestGateway(
-                create_app(self, tokens, audit=self.audit),
+                create_app(self, tokens, audit=self.audit, limiter=self.limiter),
                 host=self.cfg.listen_host,
                 port=self.cfg.rest_port,
                 cert_pem=self._tls_cert_pem,
@@ -1185,6 +1206,8 @@ class Node:
             self._switch_epoch(block)
         else:
             self._apply(self.consensus.on_block_appended(block, now_ms()))
+        with contextlib.suppress(AttributeError):  # before the hub opens: nobody waits
+            self.events.notify(height)
 
     # -- ledger thread: build, verify, append ----------------------------------------
 
@@ -1866,6 +1889,30 @@ class Node:
 
 def _discard(_: object) -> None:
     """Drop a value (a loop handle the caller has no use for)."""
+
+
+class _HubLedger:
+    """The node as the event hub sees it: verified blocks and their state changes."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def tip(self) -> int:
+        return self._node._tip[0]
+
+    def block(self, height: int) -> Block:
+        return self._node._checked_block(height)
+
+    def writes(self, height: int) -> list[tuple[bytes, int, Any]] | None:
+        try:
+            return self._node.store.get_writes(height)
+        except StoredDataError as exc:  # a forged index entry: quarantine, then repair
+            fault = IntegrityFault(str(exc), Fault("history", height=height))
+            self._node._loop.call_soon_threadsafe(self._node._on_fault, fault)
+            raise fault from exc
+
+    def in_reader(self, fn: Any) -> Any:
+        return self._node._in_reader(fn)
 
 
 def _as_fault(exc: Exception) -> IntegrityFault:

@@ -158,7 +158,7 @@ class ConfigResponse:
     """The height it is (or will be) in force from."""
 
 
-@record(59)
+@record(59, version=2)  # 2: retry_after_ms
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorBody:
     """Why a gateway call was refused (carried in the gRPC status details)."""
@@ -167,6 +167,8 @@ class ErrorBody:
     """Stable, documented code (docs/errors.md): ``unauthenticated``, ``rejected.<reason>``,
     ``not_found``, ``contract_error``, ``unknown_function``, ``malformed``."""
     message: str
+    retry_after_ms: int = 0
+    """``rate_limited``: when one call will pass again; else 0."""
 
 
 @record(71)

@@ -1,0 +1,670 @@
+"""Durable subscriptions and their delivery: pull streams and signed webhooks.
+
+Theory of operation
+-------------------
+Items are derived from the verified, committed blocks (:mod:`kyodo.events._derive`),
+so the hub keeps no copy of them: only each subscription's declaration and its
+**checkpoint**, the position of the last item its consumer acknowledged. That is
+all a restart needs: delivery resumes with the first item after the checkpoint,
+so every item is delivered at least once, in ledger order, and one is delivered
+twice only when the consumer processed it but its acknowledgement was lost (a
+crash, a restart, a failover) - and then it carries the same idempotency key.
+
+* **Pull** (gRPC ``Events``, WebSocket, SSE): a session sends up to ``window``
+  items ahead of the consumer's acknowledgements; an acknowledgement is cumulative
+  and is written (synced) before the session sends more. A subscription has one
+  consumer at a time: a new session supersedes the old one (a consumer restarted
+  on another connection must not wait for the dead one's TCP timeout).
+* **Webhook**: a worker per subscription POSTs each item as JSON, signed with
+  HMAC-SHA256 of the subscription's secret (:func:`sign_webhook`). A 2xx answer
+  acknowledges it; anything else is retried with exponential backoff, and after
+  ``max_attempts`` the item goes to the dead-letter list (visible in the
+  subscription's status) and the worker moves on.
+* **Inline streams** (no name) keep nothing on the node: the consumer brings its
+  own checkpoint (the SDK's checkpointers).
+
+Subscriptions belong to the organization of the member that created them: only
+members of that organization see, consume, acknowledge or delete them. Names are
+unique per organization on a node. A consumer failing over to another node of
+its organization declares the same subscription there and brings its last
+checkpoint: the later of that and the node's own is where delivery resumes.
+
+The subscription table is a small RocksDB database of its own (``events/`` in
+the node home), apart from the ledger store, which may be set aside and rebuilt
+from peers without losing consumers' places.
+
+Why written here: delivery semantics tied to ledger positions; no library
+streams a ledger's derived items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import structlog
+from rocksdict import Options, Rdict, WriteOptions
+
+from kyodo.codec import DecodeError, decode_record, encode, record
+from kyodo.events._derive import Write, item_json, items_of_block
+from kyodo.ledger import Block
+from kyodo.wire import (
+    EVENT_KINDS,
+    MAX_STREAM_WINDOW,
+    DeadLetter,
+    EventFilter,
+    StreamBatch,
+    StreamItem,
+    StreamOpen,
+    SubscriptionInfo,
+    SubscriptionSpec,
+    check_position,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "EventHub",
+    "EventsError",
+    "LedgerReader",
+    "Session",
+    "check_filter",
+    "sign_webhook",
+    "verify_webhook",
+]
+
+log = structlog.get_logger("kyodo.events")
+
+Position = tuple[int, int, int]
+START = (0, -1, -1)
+MAX_NAME = 64
+MAX_SUBSCRIPTIONS_PER_ORG = 256
+MAX_DEAD_LETTERS = 1000
+HEARTBEAT_S = 15.0
+SCAN_BLOCKS = 64
+"""Most blocks one read scans: a consumer far behind still yields the reader threads."""
+SIGNATURE_HEADER = "Kyodo-Signature"
+MAX_WEBHOOK_BACKOFF_S = 30.0
+
+
+class EventsError(Exception):
+    """A refused subscription operation; ``code`` is ``events.<reason>``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = f"events.{reason}"
+        self.reason = reason
+
+
+class LedgerReader(Protocol):
+    """What the hub needs of the node (implemented in kyodo.node)."""
+
+    def tip(self) -> int:
+        """Height of the last committed block (event loop thread)."""
+        ...
+
+    def block(self, height: int) -> Block:
+        """The verified block at ``height`` (reader thread)."""
+        ...
+
+    def writes(self, height: int) -> Sequence[Write] | None:
+        """The state changes of that block (reader thread); None if not indexed."""
+        ...
+
+    def in_reader(self, fn: Callable[[], Any]) -> Awaitable[Any]:
+        """Run ``fn`` on a reader thread."""
+        ...
+
+
+@record(96)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Stored:
+    """One subscription as the hub keeps it."""
+
+    spec: SubscriptionSpec
+    owner: str
+    checkpoint: tuple[int, ...]
+    created_ms: int
+    acked: int = 0
+    dead_letters: tuple[DeadLetter, ...] = ()
+    failures: int = 0
+    last_error: str = ""
+
+
+def sign_webhook(secret: bytes, timestamp_ms: int, body: bytes) -> str:
+    """The ``Kyodo-Signature`` header value: ``t=<ms>,v1=<hex HMAC-SHA256 of
+    "<ms>." + body>``. The timestamp lets a receiver refuse old replays."""
+    mac = hmac.new(secret, f"{timestamp_ms}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp_ms},v1={mac}"
+
+
+def verify_webhook(
+    secret: bytes,
+    header: str,
+    body: bytes,
+    *,
+    now_ms: int | None = None,
+    tolerance_ms: int = 300_000,
+) -> bool:
+    """Whether ``header`` is a valid signature of ``body`` made within ``tolerance_ms``."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        ts = int(parts["t"])
+        given = parts["v1"]
+    except (KeyError, ValueError):
+        return False
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if abs(now - ts) > tolerance_ms:
+        return False
+    expected = sign_webhook(secret, ts, body).partition(",v1=")[2]
+    return hmac.compare_digest(expected, given)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_filter(flt: EventFilter) -> None:
+    """Refuse a filter that names an unknown kind or is malformed."""
+    if flt.kind not in EVENT_KINDS:
+        raise EventsError("invalid", f"kind must be one of {', '.join(EVENT_KINDS)}")
+    if len(flt.contracts) > 64 or len(flt.names) > 64:
+        raise EventsError("invalid", "a filter names at most 64 contracts and 64 event names")
+    if flt.include_state and flt.kind != "events":
+        raise EventsError("invalid", "include_state applies to the events kind only")
+    if flt.names and flt.kind != "events":
+        raise EventsError("invalid", "event names filter the events kind only")
+
+
+class Session:
+    """One consumer's pull stream of a subscription (named or inline)."""
+
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        key: str,
+        flt: EventFilter,
+        after: Position,
+        window: int,
+    ) -> None:
+        self._hub = hub
+        self.key = key  # "" for an inline stream
+        self._filter = flt
+        self._cursor: Position = after
+        self._window = window
+        self._sent: deque[Position] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = asyncio.Event()
+        self.superseded = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session ended (closed, or superseded by a newer one)."""
+        return self._closed.is_set()
+
+    def close(self, *, superseded: bool = False) -> None:
+        """End the session; ``batches`` stops."""
+        self.superseded = self.superseded or superseded
+        self._closed.set()
+        self._room.set()
+
+    async def batches(self) -> AsyncIterator[StreamBatch]:
+        """Items in ledger order, at most ``window`` unacknowledged; an empty batch
+        carrying the tip every :data:`HEARTBEAT_S` while there is nothing to send."""
+        while not self.closed:
+            room = self._window - len(self._sent)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            items, cursor = await self._hub.read_items(self._filter, self._cursor, room)
+            if self.closed:
+                break
+            self._cursor = cursor
+            if items:
+                self._sent.extend(item.position for item in items)
+                yield StreamBatch(items=tuple(items), tip=self._hub.ledger.tip())
+                continue
+            waited = await self._hub.wait_for_height(cursor[0], HEARTBEAT_S, self._closed)
+            if not waited and not self.closed:
+                yield StreamBatch(items=(), tip=self._hub.ledger.tip())
+
+    def ack(self, position: Any) -> None:
+        """Acknowledge every sent item up to ``position`` (persisted, for a named
+        subscription, before returning). A position beyond what was sent is refused."""
+        try:
+            pos = check_position(tuple(position))
+        except (TypeError, ValueError) as exc:
+            raise EventsError("invalid", str(exc)) from exc
+        if not self._sent or pos < self._sent[0]:
+            return  # nothing outstanding at or before it: an old or repeated ack
+        if pos > self._sent[-1]:
+            raise EventsError(
+                "invalid_ack", f"position {list(pos)} was not delivered on this stream"
+            )
+        count = 0
+        while self._sent and self._sent[0] <= pos:
+            self._sent.popleft()
+            count += 1
+        if self.key:
+            self._hub.record_ack(self.key, pos, count)
+        self._room.set()
+
+
+class EventHub:
+    """The node's subscriptions: declarations, checkpoints, sessions, webhook workers."""
+
+    def __init__(
+        self,
+        path: Path,
+        ledger: LedgerReader,
+        *,
+        webhook_allowed_hosts: Sequence[str] = (),
+        webhook_timeout_s: float = 10.0,
+        webhook_backoff_s: float = 0.5,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), Options(raw_mode=True))
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self.ledger = ledger
+        self._allowed_hosts = tuple(webhook_allowed_hosts)
+        self._timeout_s = webhook_timeout_s
+        self._backoff_s = webhook_backoff_s
+        self._subs: dict[str, _Stored] = {}
+        for key, value in self._db.items():
+            try:
+                assert isinstance(key, bytes) and isinstance(value, bytes)
+                self._subs[key.decode()] = decode_record(_Stored, value)
+            except (DecodeError, UnicodeDecodeError) as exc:
+                log.error("subscription_unreadable", key=repr(key), error=str(exc))
+        self._sessions: dict[str, Session] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._tip_event = asyncio.Event()
+        self._closing = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the webhook workers of stored subscriptions (on the event loop)."""
+        for key, stored in self._subs.items():
+            if stored.spec.webhook_url:
+                self._start_worker(key)
+
+    async def close(self) -> None:
+        """Stop sessions and workers, close the table."""
+        self._closing.set()
+        for session in list(self._sessions.values()):
+            session.close()
+        for task in list(self._workers.values()):
+            task.cancel()
+        for task in list(self._workers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._workers.clear()
+        self._db.close()
+
+    def notify(self, height: int) -> None:
+        """A block was committed (event loop): wake the waiting sessions and workers."""
+        self._tip_event.set()
+        self._tip_event = asyncio.Event()
+
+    async def wait_for_height(
+        self, height: int, timeout_s: float, cancel: asyncio.Event | None = None
+    ) -> bool:
+        """Wait until block ``height`` is committed; False on timeout or cancel."""
+        deadline = time.monotonic() + timeout_s
+        while self.ledger.tip() < height:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closing.is_set() or (cancel and cancel.is_set()):
+                return False
+            waiters = [asyncio.ensure_future(self._tip_event.wait())]
+            if cancel is not None:
+                waiters.append(asyncio.ensure_future(cancel.wait()))
+            waiters.append(asyncio.ensure_future(self._closing.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        return True
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read_items(
+        self, flt: EventFilter, after: Position, limit: int
+    ) -> tuple[list[StreamItem], Position]:
+        """Up to ``limit`` items after ``after``, and the cursor to read on from."""
+        ledger = self.ledger
+        tip = ledger.tip()
+
+        def read() -> tuple[list[StreamItem], Position]:
+            items: list[StreamItem] = []
+            cursor = after
+            h = after[0]
+            scanned = 0
+            while h <= tip and len(items) < limit and scanned < SCAN_BLOCKS:
+                block = ledger.block(h)
+                writes = ledger.writes(h) if flt.include_state else None
+                got = items_of_block(block, flt, writes, after=cursor)
+                room = limit - len(items)
+                if len(got) > room:
+                    items.extend(got[:room])
+                    return items, items[-1].position
+                items.extend(got)
+                cursor = (h + 1, -1, -1)
+                h += 1
+                scanned += 1
+            return items, cursor
+
+        return await ledger.in_reader(read)  # type: ignore[no-any-return]
+
+    # -- declarations ------------------------------------------------------------------
+
+    def declare(self, spec: SubscriptionSpec, owner: str, *, after: Any = None) -> SubscriptionInfo:
+        """Create the subscription, or accept the same declaration again.
+
+        ``after``: the consumer's own checkpoint (it fails over from another node of
+        its organization); a new subscription starts after it instead of at ``start``,
+        an existing one moves up to it if it is later.
+        """
+        resume: Position | None = None
+        if after is not None:
+            try:
+                resume = check_position(tuple(after))
+            except (TypeError, ValueError) as exc:
+                raise EventsError("invalid", str(exc)) from exc
+        org = owner.split("/", 1)[0]
+        self._check_spec(spec)
+        key = f"{org}/{spec.name}"
+        existing = self._subs.get(key)
+        if existing is not None:
+            if _comparable(existing.spec) != _comparable(spec):
+                raise EventsError(
+                    "conflict",
+                    f"subscription {spec.name!r} exists with another filter, start or "
+                    "delivery; delete it first or choose another name",
+                )
+            if spec.webhook_url and spec.webhook_secret != existing.spec.webhook_secret:
+                raise EventsError(
+                    "conflict", f"subscription {spec.name!r} exists with another secret"
+                )
+            if resume is not None and resume > tuple(existing.checkpoint):
+                self._put(key, replace(existing, checkpoint=resume))
+            return self._info(key)
+        if sum(1 for k in self._subs if k.startswith(org + "/")) >= MAX_SUBSCRIPTIONS_PER_ORG:
+            raise EventsError(
+                "limit", f"{org} has {MAX_SUBSCRIPTIONS_PER_ORG} subscriptions on this node"
+            )
+        if spec.start == "oldest":
+            checkpoint: Position = START
+        elif spec.start == "latest":
+            checkpoint = (self.ledger.tip() + 1, -1, -1)
+        else:
+            checkpoint = (spec.start_height, -1, -1)
+        if resume is not None:
+            checkpoint = resume
+        stored = _Stored(spec=spec, owner=owner, checkpoint=checkpoint, created_ms=_now_ms())
+        self._put(key, stored)
+        log.info(
+            "subscription_created",
+            subscription=key,
+            owner=owner,
+            kind=spec.filter.kind,
+            webhook=bool(spec.webhook_url),
+        )
+        if spec.webhook_url:
+            self._start_worker(key)
+        return self._info(key)
+
+    def _check_spec(self, spec: SubscriptionSpec) -> None:
+        name = spec.name
+        if not (
+            0 < len(name) <= MAX_NAME
+            and all(c.isalnum() or c in "-_." for c in name)
+            and name.isascii()
+        ):
+            raise EventsError(
+                "invalid", f"a subscription name is 1 to {MAX_NAME} of A-Z a-z 0-9 - _ ."
+            )
+        check_filter(spec.filter)
+        if spec.start not in ("oldest", "latest", "height"):
+            raise EventsError("invalid", "start is oldest, latest or height")
+        if spec.start == "height" and spec.start_height < 0:
+            raise EventsError("invalid", "start_height is a height (>= 0)")
+        if not 1 <= spec.max_attempts <= 100:
+            raise EventsError("invalid", "max_attempts is 1 to 100")
+        if spec.webhook_url:
+            self._check_webhook_url(spec.webhook_url)
+            if len(spec.webhook_secret) < 16:
+                raise EventsError("invalid", "a webhook secret is at least 16 bytes")
+
+    def _check_webhook_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EventsError("invalid", "a webhook URL is http(s)://host[:port]/path")
+        host = parts.hostname
+        if self._allowed_hosts and host not in self._allowed_hosts:
+            raise EventsError(
+                "webhook_host",
+                f"webhook host {host!r} is not in this node's webhook_allowed_hosts",
+            )
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(host)
+            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                raise EventsError("webhook_host", f"webhook host {host} is not addressable")
+
+    def get(self, name: str, org: str) -> SubscriptionInfo:
+        """A subscription of ``org`` and where it stands."""
+        key = f"{org}/{name}"
+        if key not in self._subs:
+            raise EventsError("not_found", f"no subscription {name!r} of {org} on this node")
+        return self._info(key)
+
+    def list(self, org: str) -> list[SubscriptionInfo]:
+        """Every subscription of ``org`` on this node, by name."""
+        return [self._info(k) for k in sorted(self._subs) if k.startswith(org + "/")]
+
+    def delete(self, name: str, org: str) -> None:
+        """Remove a subscription: its session ends, its worker stops."""
+        key = f"{org}/{name}"
+        if key not in self._subs:
+            raise EventsError("not_found", f"no subscription {name!r} of {org} on this node")
+        del self._subs[key]
+        self._db.delete(key.encode(), self._sync)
+        if (session := self._sessions.pop(key, None)) is not None:
+            session.close()
+        if (task := self._workers.pop(key, None)) is not None:
+            task.cancel()
+        log.info("subscription_deleted", subscription=key)
+
+    def _info(self, key: str) -> SubscriptionInfo:
+        st = self._subs[key]
+        spec = st.spec
+        return SubscriptionInfo(
+            name=spec.name,
+            owner=st.owner,
+            filter=spec.filter,
+            start=spec.start,
+            start_height=spec.start_height,
+            webhook_url=spec.webhook_url,
+            max_attempts=spec.max_attempts,
+            checkpoint=tuple(st.checkpoint),
+            created_ms=st.created_ms,
+            acked=st.acked,
+            connected=key in self._sessions or key in self._workers,
+            dead_letters=st.dead_letters,
+            failures=st.failures,
+            last_error=st.last_error,
+        )
+
+    def _put(self, key: str, stored: _Stored) -> None:
+        self._db.put(key.encode(), encode(stored), self._sync)
+        self._subs[key] = stored
+
+    # -- pull sessions -----------------------------------------------------------------
+
+    def open(self, request: StreamOpen, owner: str) -> Session:
+        """A pull session: a named subscription of the caller's organization (which must
+        not deliver by webhook), or an inline filter with the consumer's checkpoint."""
+        org = owner.split("/", 1)[0]
+        window = request.window
+        if not 1 <= window <= MAX_STREAM_WINDOW:
+            raise EventsError("invalid", f"window is 1 to {MAX_STREAM_WINDOW}")
+        after: Position | None = None
+        if request.after is not None:
+            try:
+                after = check_position(request.after)
+            except ValueError as exc:
+                raise EventsError("invalid", str(exc)) from exc
+        if not request.subscription:
+            if request.filter is None:
+                raise EventsError("invalid", "name a subscription or give a filter")
+            check_filter(request.filter)
+            return Session(self, key="", flt=request.filter, after=after or START, window=window)
+        key = f"{org}/{request.subscription}"
+        stored = self._subs.get(key)
+        if stored is None:
+            raise EventsError(
+                "not_found", f"no subscription {request.subscription!r} of {org} on this node"
+            )
+        if stored.spec.webhook_url:
+            raise EventsError(
+                "invalid", f"subscription {request.subscription!r} delivers by webhook"
+            )
+        checkpoint = check_position(stored.checkpoint)
+        if after is not None and after > checkpoint:  # a consumer failing over brings its own
+            self._put(key, replace(stored, checkpoint=after))
+            checkpoint = after
+        if (old := self._sessions.get(key)) is not None:
+            old.close(superseded=True)
+        session = Session(self, key=key, flt=stored.spec.filter, after=checkpoint, window=window)
+        self._sessions[key] = session
+        return session
+
+    def release(self, session: Session) -> None:
+        """The session's transport ended."""
+        session.close()
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+
+    def record_ack(self, key: str, position: Position, count: int) -> None:
+        """Persist a named subscription's new checkpoint (synced)."""
+        stored = self._subs.get(key)
+        if stored is None or position <= tuple(stored.checkpoint):
+            return
+        self._put(key, replace(stored, checkpoint=position, acked=stored.acked + count))
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    def _start_worker(self, key: str) -> None:
+        if key not in self._workers:
+            self._workers[key] = asyncio.get_running_loop().create_task(self._webhook(key))
+
+    async def _webhook(self, key: str) -> None:
+        import httpx  # imported here: only nodes with webhook subscriptions need it
+
+        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
+            cursor: Position | None = None
+            while not self._closing.is_set() and key in self._subs:
+                stored = self._subs[key]
+                checkpoint = check_position(stored.checkpoint)
+                if cursor is None or cursor < checkpoint:
+                    cursor = checkpoint
+                items, next_cursor = await self.read_items(stored.spec.filter, cursor, 16)
+                if not items:
+                    cursor = next_cursor
+                    await self.wait_for_height(next_cursor[0], HEARTBEAT_S)
+                    continue
+                for item in items:
+                    if key not in self._subs:
+                        return
+                    await self._deliver(http, key, item)
+                    cursor = item.position
+
+    async def _deliver(self, http: Any, key: str, item: StreamItem) -> None:
+        """POST one item until a 2xx or ``max_attempts``; then dead-letter it."""
+        attempt = 0
+        while key in self._subs:
+            stored = self._subs[key]
+            spec = stored.spec
+            body = json.dumps(item_json(item, spec.name), separators=(",", ":")).encode()
+            ts = _now_ms()
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign_webhook(spec.webhook_secret, ts, body),
+                "Kyodo-Idempotency-Key": item.idempotency_key,
+                "Kyodo-Subscription": spec.name,
+            }
+            attempt += 1
+            error = ""
+            try:
+                response = await http.post(spec.webhook_url, content=body, headers=headers)
+                if 200 <= response.status_code < 300:
+                    self._put(
+                        key,
+                        replace(
+                            stored,
+                            checkpoint=item.position,
+                            acked=stored.acked + 1,
+                            failures=0,
+                            last_error="",
+                        ),
+                    )
+                    return
+                error = f"HTTP {response.status_code}"
+            except Exception as exc:  # connection refused, timeout, TLS: all retried
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning(
+                "webhook_failed",
+                subscription=key,
+                item=item.idempotency_key,
+                attempt=attempt,
+                error=error,
+            )
+            if attempt >= spec.max_attempts:
+                letters = (
+                    *stored.dead_letters,
+                    DeadLetter(
+                        key=item.idempotency_key,
+                        position=item.position,
+                        attempts=attempt,
+                        error=error,
+                        at_ms=_now_ms(),
+                    ),
+                )[-MAX_DEAD_LETTERS:]
+                self._put(
+                    key,
+                    replace(
+                        stored,
+                        checkpoint=item.position,
+                        dead_letters=letters,
+                        failures=0,
+                        last_error=error,
+                    ),
+                )
+                log.error("webhook_dead_letter", subscription=key, item=item.idempotency_key)
+                return
+            self._put(key, replace(stored, failures=attempt, last_error=error))
+            delay = min(MAX_WEBHOOK_BACKOFF_S, self._backoff_s * 2 ** (attempt - 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            if self._closing.is_set():
+                return
+
+
+def _comparable(spec: SubscriptionSpec) -> SubscriptionSpec:
+    """The declaration without its secret (compared separately)."""
+    return replace(spec, webhook_secret=b"")
