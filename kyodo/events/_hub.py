@@ -220,9 +220,11 @@ class Session:
         self._closed.set()
         self._room.set()
 
-    async def batches(self) -> AsyncIterator[StreamBatch]:
+    async def batches(self, *, idle_s: float | None = None) -> AsyncIterator[StreamBatch]:
         """Items in ledger order, at most ``window`` unacknowledged; an empty batch
-        carrying the tip every :data:`HEARTBEAT_S` while there is nothing to send."""
+        carrying the tip every :data:`HEARTBEAT_S` while there is nothing to send.
+        ``idle_s``: end once nothing new came for that long (0: after the backlog)."""
+        heartbeat = HEARTBEAT_S if idle_s is None else min(HEARTBEAT_S, idle_s)
         while not self.closed:
             room = self._window - len(self._sent)
             if room <= 0:
@@ -237,7 +239,9 @@ class Session:
                 self._sent.extend(item.position for item in items)
                 yield StreamBatch(items=tuple(items), tip=self._hub.ledger.tip())
                 continue
-            waited = await self._hub.wait_for_height(cursor[0], HEARTBEAT_S, self._closed)
+            waited = await self._hub.wait_for_height(cursor[0], heartbeat, self._closed)
+            if not waited and idle_s is not None:
+                return
             if not waited and not self.closed:
                 yield StreamBatch(items=(), tip=self._hub.ledger.tip())
 
@@ -553,6 +557,16 @@ class EventHub:
         session = Session(self, key=key, flt=stored.spec.filter, after=checkpoint, window=window)
         self._sessions[key] = session
         return session
+
+    def ack(self, name: str, org: str, position: Any) -> None:
+        """Acknowledge on the open session of a named subscription (SSE consumers, whose
+        stream has no way back)."""
+        session = self._sessions.get(f"{org}/{name}")
+        if session is None:
+            raise EventsError(
+                "no_session", f"subscription {name!r} has no open stream on this node"
+            )
+        session.ack(position)
 
     def release(self, session: Session) -> None:
         """The session's transport ended."""

@@ -43,22 +43,25 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal, Protocol
 
 import structlog
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
+from kyodo.events import EventHub, EventsError, Session, item_json
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
 from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.gateway._tokens import TokenService
@@ -74,9 +77,14 @@ from kyodo.policy import AccessRefused, Identity
 from kyodo.wire import (
     FAILURE_CODES,
     MAX_REQUEST_BYTES,
+    MAX_STREAM_WINDOW,
     ConfigResponse,
     EvaluateResponse,
+    EventFilter,
     NodeStatus,
+    StreamOpen,
+    SubscriptionInfo,
+    SubscriptionSpec,
     Transaction,
     TxEnvelope,
     TxResponse,
@@ -115,6 +123,8 @@ class RestBackend(Protocol):
     async def contracts(self) -> list[dict[str, Any]]: ...
 
     def current_config(self) -> ConfigResponse: ...
+
+    events: EventHub
 
 
 class Problem(Exception):
@@ -329,16 +339,9 @@ def create_app(
             f"internal error ({type(exc).__name__}); the node logged the details",
         )
 
-    @app.middleware("http")
-    async def _limit_size(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
-            return _problem(
-                request, 413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes"
-            )
-        return await call_next(request)
+    app.add_middleware(_SizeLimit)
 
-    def authenticate(request: Request, authorization: str | None) -> tuple[Any, Member]:
+    def authenticate(request: HTTPConnection, authorization: str | None) -> tuple[Any, Member]:
         refusal = backend.serving_refusal()
         if refusal is not None:
             raise Problem(503, "quarantined", refusal)
@@ -677,7 +680,368 @@ def create_app(
             },
         )
 
+    # -- event streams -------------------------------------------------------------------
+
+    def events_problem(exc: EventsError) -> Problem:
+        status = {
+            "not_found": 404,
+            "conflict": 409,
+            "no_session": 409,
+            "limit": 429,
+            "webhook_host": 403,
+        }.get(exc.reason, 400)
+        return Problem(status, exc.code, str(exc))
+
+    def filter_access(flt: EventFilter, member: Member) -> None:
+        allow("events.subscribe", member)
+        if flt.kind == "blocks":
+            allow("blocks.read", member)
+        if flt.kind == "transactions":
+            allow("transactions.read", member)
+        if flt.include_state:
+            allow("state.read", member)
+
+    def subscription_json(info: SubscriptionInfo) -> dict[str, Any]:
+        return {
+            "name": info.name,
+            "owner": info.owner,
+            "kind": info.filter.kind,
+            "contracts": list(info.filter.contracts),
+            "names": list(info.filter.names),
+            "include_state": info.filter.include_state,
+            "start": info.start,
+            "start_height": info.start_height,
+            "webhook_url": info.webhook_url,
+            "max_attempts": info.max_attempts,
+            "checkpoint": list(info.checkpoint),
+            "created_ms": info.created_ms,
+            "acked": info.acked,
+            "connected": info.connected,
+            "failures": info.failures,
+            "last_error": info.last_error,
+            "dead_letters": [
+                {
+                    "idempotency_key": d.key,
+                    "position": list(d.position),
+                    "attempts": d.attempts,
+                    "error": d.error,
+                    "at_ms": d.at_ms,
+                }
+                for d in info.dead_letters
+            ],
+        }
+
+    @app.post("/v1/subscriptions", tags=["events"], status_code=201)
+    async def subscribe(
+        request: Request, body: SubscriptionBody, authorization: AuthHeader = None
+    ) -> Any:
+        """Create a durable subscription of your organization on this node (the same
+        declaration again: 200). ``after``: your own checkpoint, failing over."""
+        _, member = authenticate(request, authorization)
+        spec = body.spec()
+        filter_access(spec.filter, member)
+        hub = backend.events
+        try:
+            existed = any(i.name == spec.name for i in hub.list(member.org))
+            info = hub.declare(spec, request.state.identity, after=body.after)
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+        response = _ok(request, subscription_json(info))
+        response.status_code = 200 if existed else 201
+        return response
+
+    @app.get("/v1/subscriptions", tags=["events"])
+    async def subscriptions(request: Request, authorization: AuthHeader = None) -> Any:
+        """Your organization's subscriptions on this node."""
+        _, member = authenticate(request, authorization)
+        allow("events.subscribe", member)
+        found = backend.events.list(member.org)
+        return _ok(request, {"subscriptions": [subscription_json(i) for i in found]})
+
+    @app.get("/v1/subscriptions/{name}", tags=["events"])
+    async def subscription(request: Request, name: str, authorization: AuthHeader = None) -> Any:
+        """Where a subscription stands: checkpoint, acknowledged count, webhook failures
+        and dead letters."""
+        _, member = authenticate(request, authorization)
+        allow("events.subscribe", member)
+        try:
+            return _ok(request, subscription_json(backend.events.get(name, member.org)))
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+
+    @app.delete("/v1/subscriptions/{name}", tags=["events"])
+    async def unsubscribe(request: Request, name: str, authorization: AuthHeader = None) -> Any:
+        """Delete a subscription (its open stream ends, its webhook stops)."""
+        _, member = authenticate(request, authorization)
+        allow("events.subscribe", member)
+        try:
+            info = backend.events.get(name, member.org)
+            backend.events.delete(name, member.org)
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+        return _ok(request, subscription_json(info))
+
+    @app.post("/v1/subscriptions/{name}/ack", tags=["events"])
+    async def ack(
+        request: Request, name: str, body: AckBody, authorization: AuthHeader = None
+    ) -> Any:
+        """Acknowledge every item up to ``position`` on the subscription's open SSE
+        stream (the node's checkpoint advances)."""
+        _, member = authenticate(request, authorization)
+        allow("events.subscribe", member)
+        try:
+            backend.events.ack(name, member.org, body.position)
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+        return _ok(request, {"acked": body.position})
+
+    def sse(
+        request: Request, session: Session, name: str, *, auto_ack: bool, idle_s: float | None
+    ) -> StreamingResponse:
+        hub = backend.events
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                async for batch in session.batches(idle_s=idle_s):
+                    if not batch.items:
+                        yield f": tip {batch.tip}\n\n".encode()
+                        continue
+                    for item in batch.items:
+                        data = json.dumps(item_json(item, name), separators=(",", ":"))
+                        h, t, i = item.position
+                        yield f"id: {h}.{t}.{i}\nevent: {item.kind}\ndata: {data}\n\n".encode()
+                    if auto_ack:  # inline: the client keeps its place (Last-Event-ID)
+                        session.ack(batch.items[-1].position)
+            finally:
+                hub.release(session)
+
+        _record(request, "allowed", "", "", b"")
+        log.info(
+            "audit",
+            method=f"GET {request.url.path}",
+            caller=getattr(request.state, "identity", "anonymous"),
+            decision="allowed",
+            transport="rest",
+            stream="sse",
+        )
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get(
+        "/v1/subscriptions/{name}/events",
+        tags=["events"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def subscription_events(
+        request: Request,
+        name: str,
+        window: Annotated[int, Query(ge=1, le=MAX_STREAM_WINDOW)] = 256,
+        wait_s: Annotated[float | None, Query(ge=0, le=3600)] = None,
+        authorization: AuthHeader = None,
+    ) -> Any:
+        """Server-Sent Events of a named subscription, after its checkpoint: ``id`` is the
+        position ``h.t.i``, ``event`` the kind, ``data`` the item (JSON). Acknowledge with
+        ``POST .../ack``; unacknowledged items come again on the next stream.
+        ``wait_s``: end the stream once nothing new came for that long."""
+        _, member = authenticate(request, authorization)
+        allow("events.subscribe", member)
+        hub = backend.events
+        try:
+            flt = hub.get(name, member.org).filter
+            filter_access(flt, member)
+            session = hub.open(StreamOpen(subscription=name, window=window), request.state.identity)
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+        return sse(request, session, name, auto_ack=False, idle_s=wait_s)
+
+    @app.get(
+        "/v1/events",
+        tags=["events"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def inline_events(
+        request: Request,
+        kind: Annotated[str, Query(pattern="^(events|transactions|blocks)$")] = "events",
+        contracts: Annotated[str, Query(max_length=4096)] = "",
+        names: Annotated[str, Query(max_length=4096)] = "",
+        include_state: bool = False,
+        after: Annotated[str, Query(pattern=r"^\d{1,18}\.-?\d{1,9}\.-?\d{1,9}$")] = "",
+        wait_s: Annotated[float | None, Query(ge=0, le=3600)] = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(alias="Last-Event-ID", pattern=r"^\d{1,18}\.-?\d{1,9}\.-?\d{1,9}$"),
+        ] = None,
+        authorization: AuthHeader = None,
+    ) -> Any:
+        """Server-Sent Events without a subscription: the items after ``after`` (or the
+        ``Last-Event-ID`` a reconnecting browser sends), filtered here. Nothing is kept on
+        the node. ``contracts`` and ``names`` are comma-separated."""
+        _, member = authenticate(request, authorization)
+        flt = EventFilter(
+            kind=kind,
+            contracts=tuple(c for c in contracts.split(",") if c),
+            names=tuple(n for n in names.split(",") if n),
+            include_state=include_state,
+        )
+        filter_access(flt, member)
+        resume = last_event_id or after
+        position = tuple(int(x) for x in resume.split(".")) if resume else None
+        try:
+            session = backend.events.open(
+                StreamOpen(filter=flt, after=position, window=MAX_STREAM_WINDOW),
+                request.state.identity,
+            )
+        except EventsError as exc:
+            raise events_problem(exc) from exc
+        return sse(request, session, "", auto_ack=True, idle_s=wait_s)
+
+    @app.websocket("/v1/subscriptions/{name}/ws")
+    async def subscription_ws(websocket: WebSocket, name: str) -> None:
+        """A named subscription over WebSocket: the client sends
+        ``{"token": "..."}`` first (or an Authorization header), then
+        ``{"ack": [h, t, i]}`` messages; the node sends ``{"items": [...], "tip": N}``."""
+        await websocket.accept()
+        hub = backend.events
+        session: Session | None = None
+        try:
+            header = websocket.headers.get("authorization")
+            if header is None:
+                first = await asyncio.wait_for(websocket.receive_json(), timeout=30)
+                header = f"Bearer {first.get('token', '')}" if isinstance(first, dict) else ""
+            _, member = authenticate(websocket, header)
+            allow("events.subscribe", member)
+            flt = hub.get(name, member.org).filter
+            filter_access(flt, member)
+            session = hub.open(StreamOpen(subscription=name), websocket.state.identity)
+        except (Problem, EventsError, TimeoutError, ValueError, WebSocketDisconnect) as exc:
+            refusal = events_problem(exc) if isinstance(exc, EventsError) else exc
+            code = refusal.code if isinstance(refusal, Problem) else "malformed"
+            with contextlib.suppress(Exception):
+                await websocket.send_json({"error": code, "detail": str(refusal)})
+                await websocket.close(code=1008)
+            _audit_ws(websocket, name, "refused", code)
+            return
+        _audit_ws(websocket, name, "allowed", "")
+        open_session = session
+
+        async def read_acks() -> None:
+            try:
+                while True:
+                    message = await websocket.receive_json()
+                    position = message.get("ack") if isinstance(message, dict) else None
+                    open_session.ack(position)
+            except EventsError as exc:
+                with contextlib.suppress(Exception):
+                    await websocket.send_json({"error": exc.code, "detail": str(exc)})
+            except (WebSocketDisconnect, ValueError, RuntimeError):
+                pass
+            open_session.close()
+
+        reader = asyncio.get_running_loop().create_task(read_acks())
+        try:
+            async for batch in open_session.batches():
+                await websocket.send_json(
+                    {"items": [item_json(i, name) for i in batch.items], "tip": batch.tip}
+                )
+            if open_session.superseded:
+                await websocket.send_json(
+                    {"error": "events.superseded", "detail": "another consumer opened it"}
+                )
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+            hub.release(open_session)
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+    def _audit_ws(websocket: WebSocket, name: str, decision: str, rule: str) -> None:
+        if audit is None:
+            return
+        try:
+            audit.append(
+                identity=getattr(websocket.state, "identity", "anonymous"),
+                peer=websocket.client.host if websocket.client else "",
+                transport="rest",
+                operation=f"WS /v1/subscriptions/{name}/ws"[:128],
+                subject=f"events {name}"[:256],
+                decision=decision,
+                rule=rule,
+                detail="",
+                response_sha256=b"",
+            )
+        except AuditError as exc:
+            log.critical("audit_append_failed", detail=str(exc))
+
     return app
+
+
+class _SizeLimit:
+    """Refuse a request whose declared body is over MAX_REQUEST_BYTES (413), before the
+    body is read. A plain ASGI middleware: Starlette's BaseHTTPMiddleware would cut
+    streaming responses (Server-Sent Events) short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_REQUEST_BYTES):
+                response = _problem(
+                    request, 413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes"
+                )
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+class SubscriptionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    kind: Literal["events", "transactions", "blocks"] = "events"
+    contracts: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64
+    )
+    names: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=64)
+    include_state: bool = False
+    start: Literal["oldest", "latest", "height"] = "latest"
+    start_height: int = Field(0, ge=0, le=2**62)
+    webhook_url: str = Field("", max_length=2048)
+    webhook_secret: str = Field(
+        "", max_length=256, description="Shared secret for the HMAC-SHA256 signature header."
+    )
+    max_attempts: int = Field(8, ge=1, le=100)
+    after: list[Annotated[int, Field(ge=-1, le=2**62)]] | None = Field(
+        None, min_length=3, max_length=3
+    )
+
+    def spec(self) -> SubscriptionSpec:
+        return SubscriptionSpec(
+            name=self.name,
+            filter=EventFilter(
+                kind=self.kind,
+                contracts=tuple(self.contracts),
+                names=tuple(self.names),
+                include_state=self.include_state,
+            ),
+            start=self.start,
+            start_height=self.start_height,
+            webhook_url=self.webhook_url,
+            webhook_secret=self.webhook_secret.encode(),
+            max_attempts=self.max_attempts,
+        )
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    position: list[Annotated[int, Field(ge=-1, le=2**62)]] = Field(min_length=3, max_length=3)
 
 
 class SubmitBody(BaseModel):

@@ -46,6 +46,8 @@ import grpc
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from google.protobuf.message import DecodeError as DecodeProtobufError
+from grpc_health.v1 import health_pb2
 
 from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
@@ -97,6 +99,7 @@ from kyodo.wire import (
 
 __all__ = ["ERROR_TRAILER", "GatewayBackend", "GatewayError", "GatewayServer"]
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
 log = structlog.get_logger("kyodo.gateway")
 ERROR_TRAILER = "kyodo-error-bin"
 _signer: ContextVar[str] = ContextVar("kyodo_gateway_signer", default="")
@@ -215,8 +218,15 @@ class GatewayServer:
             "Events": grpc.stream_stream_rpc_method_handler(self._events),
         }
         self._replays = ReplayGuard()
+        health = {
+            "Check": grpc.unary_unary_rpc_method_handler(self._health_check),
+            "Watch": grpc.unary_stream_rpc_method_handler(self._health_watch),
+        }
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(GATEWAY_SERVICE, handlers),)
+            (
+                grpc.method_handlers_generic_handler(GATEWAY_SERVICE, handlers),
+                grpc.method_handlers_generic_handler(HEALTH_SERVICE, health),
+            )
         )
         credentials = grpc.ssl_server_credentials(
             [(key_pem, cert_pem)],
@@ -572,6 +582,58 @@ class GatewayServer:
         except LookupError as exc:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, "not_found", str(exc)) from exc
         return ProofResponse(document=document)
+
+    # -- grpc.health.v1 (the standard health service, for load balancers and probes) ------
+
+    def _health_of(self, service: str) -> int | None:
+        """SERVING unless the node is quarantined; None for a service it does not have."""
+        if service not in ("", GATEWAY_SERVICE):
+            return None
+        if self._backend.serving_refusal() is None:
+            return health_pb2.HealthCheckResponse.SERVING  # type: ignore[no-any-return]
+        return health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[no-any-return]
+
+    async def _health_request(
+        self, request: bytes, context: grpc.aio.ServicerContext, method: str
+    ) -> tuple[str, str]:
+        """Authenticate a health call (mutual TLS) and parse it: (caller, service)."""
+        started = time.perf_counter()
+        caller = _presented(context)
+        try:
+            caller = self._authenticate(context)
+            self._rate_check(caller)
+            try:
+                service = health_pb2.HealthCheckRequest.FromString(request).service
+            except DecodeProtobufError as exc:
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "malformed", "bad HealthCheckRequest"
+                ) from exc
+            if self._health_of(service) is None:
+                raise GatewayError(
+                    grpc.StatusCode.NOT_FOUND, "not_found", f"no service {service[:64]!r}"
+                )
+        except GatewayError as exc:
+            await self._refuse(context, method, caller, started, exc)
+            raise AssertionError("unreachable") from exc  # abort raised above
+        self._record(method, caller, context.peer(), "allowed", f"health {service}", "", "", b"")
+        return caller, service
+
+    async def _health_check(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        _, service = await self._health_request(request, context, "Health.Check")
+        status = self._health_of(service)
+        return health_pb2.HealthCheckResponse(status=status).SerializeToString()  # type: ignore[no-any-return]
+
+    async def _health_watch(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        _, service = await self._health_request(request, context, "Health.Watch")
+        last = None
+        while True:
+            status = self._health_of(service)
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
+            await asyncio.sleep(1.0)  # a poll of an in-memory flag, not a synchronisation
 
     async def _list_contracts(self, request: bytes, caller: Member) -> ContractList:
         _about.set("contracts")
