@@ -580,6 +580,7 @@ class Network:
         after: Position | None = None,
         checkpointer: Checkpointer | None = None,
         window: int = 256,
+        until: int | None = None,
     ) -> EventStream:
         """Items in ledger order: ``for event in network.events(sub): ...; event.ack()``.
 
@@ -588,6 +589,7 @@ class Network:
         here and the consumer keeps its place: in ``checkpointer`` (``ack()`` saves
         it), or from ``after``. On a lost connection the stream resumes, on the next
         gateway address if there are several, after the last acknowledged item.
+        ``until``: stop after block ``until`` (a replay); else the stream never ends.
         """
         return EventStream(
             self.gateway,
@@ -601,6 +603,7 @@ class Network:
             after=after,
             checkpointer=checkpointer,
             window=window,
+            until=until,
         )
 
 
@@ -719,8 +722,11 @@ class EventStream:
         after: Position | None,
         checkpointer: Checkpointer | None,
         window: int,
+        until: int | None = None,
     ) -> None:
         self._gateway = gateway
+        self._until = -1 if until is None else until
+        self._ended = False
         self._subscription = subscription
         self._filter = flt
         self._checkpointer = checkpointer
@@ -764,7 +770,7 @@ class EventStream:
 
     def __iter__(self) -> Iterator[LedgerEvent]:
         delay = 0.2
-        while not self._closed:
+        while not self._closed and not self._ended:
             try:
                 for event in self._open():
                     delay = 0.2
@@ -786,8 +792,15 @@ class EventStream:
             if self._known is None:
                 self._known = check_position(info.checkpoint)
         if self.name:
-            return StreamOpen(subscription=self.name, after=resume, window=self._window)
-        return StreamOpen(filter=self._filter, after=resume, window=self._window)
+            return StreamOpen(
+                subscription=self.name,
+                after=resume,
+                window=self._window,
+                until_height=self._until,
+            )
+        return StreamOpen(
+            filter=self._filter, after=resume, window=self._window, until_height=self._until
+        )
 
     def _open(self) -> Iterator[LedgerEvent]:
         opened = self._open_request()
@@ -820,6 +833,9 @@ class EventStream:
             raise typed_error(exc) from None
         finally:  # also when the consumer stops iterating: its acks are sent first
             _finish(call, requests, 2.0)
+        if self._until >= 0:  # a replay: the node ended it after the last block
+            self._ended = True
+            return
         if not self._closed:  # the node ended the stream (stopping): resume elsewhere
             raise Unavailable("the gateway ended the event stream", code="unavailable")
 

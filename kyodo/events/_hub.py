@@ -197,8 +197,10 @@ class Session:
         flt: EventFilter,
         after: Position,
         window: int,
+        until: int = -1,
     ) -> None:
         self._hub = hub
+        self._until = until
         self.key = key  # "" for an inline stream
         self._filter = flt
         self._cursor: Position = after
@@ -235,6 +237,13 @@ class Session:
             if self.closed:
                 break
             self._cursor = cursor
+            if self._until >= 0:
+                items = [i for i in items if i.height <= self._until]
+                if cursor[0] > self._until:  # the last block of a replay was read
+                    if items:
+                        self._sent.extend(item.position for item in items)
+                        yield StreamBatch(items=tuple(items), tip=self._hub.ledger.tip())
+                    return
             if items:
                 self._sent.extend(item.position for item in items)
                 yield StreamBatch(items=tuple(items), tip=self._hub.ledger.tip())
@@ -537,7 +546,14 @@ class EventHub:
             if request.filter is None:
                 raise EventsError("invalid", "name a subscription or give a filter")
             check_filter(request.filter)
-            return Session(self, key="", flt=request.filter, after=after or START, window=window)
+            return Session(
+                self,
+                key="",
+                flt=request.filter,
+                after=after or START,
+                window=window,
+                until=request.until_height,
+            )
         key = f"{org}/{request.subscription}"
         stored = self._subs.get(key)
         if stored is None:
@@ -554,7 +570,14 @@ class EventHub:
             checkpoint = after
         if (old := self._sessions.get(key)) is not None:
             old.close(superseded=True)
-        session = Session(self, key=key, flt=stored.spec.filter, after=checkpoint, window=window)
+        session = Session(
+            self,
+            key=key,
+            flt=stored.spec.filter,
+            after=checkpoint,
+            window=window,
+            until=request.until_height,
+        )
         self._sessions[key] = session
         return session
 

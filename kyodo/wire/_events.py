@@ -192,6 +192,8 @@ class StreamOpen:
     (a consumer failing over from another node brings its own). Inline: required."""
     window: int = 256
     """Items sent ahead of acknowledgement (at most :data:`MAX_STREAM_WINDOW`)."""
+    until_height: int = -1
+    """End the stream once block ``until_height`` was delivered (a replay); -1: never."""
 
 
 @record(92)

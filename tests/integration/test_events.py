@@ -3,6 +3,8 @@ filters, inline streams with a consumer-side checkpoint, access rules."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from kyodo.client import (
     Subscription,
 )
 from tests.integration.conftest import wait_until
+from tests.integration.test_network import KYODO, kyodo
 
 
 def take(stream: Iterator[LedgerEvent], n: int, *, ack: bool = True) -> list[LedgerEvent]:
@@ -174,3 +177,43 @@ def test_live_events_arrive_while_streaming(network: LocalNetwork) -> None:
         consumer.join(timeout=30)
         stream.close()
     assert [e.payload["account"] for e in got] == ["live-0", "live-1", "live-2"]
+
+
+def test_cli_tail_and_replay(network: LocalNetwork) -> None:
+    folder = network.folder
+    with network.gateway(network.orgs[0]) as gw:
+        start = gw.status().height + 1
+        tail = subprocess.Popen(
+            [*KYODO, "events", "tail", "--name", "AccountCreated", "--count", "2", "--json",
+             "--dir", str(folder)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert tail.stderr is not None
+            following = tail.stderr.readline()  # tail follows from the tip it saw at start
+            assert following.startswith("following from block"), following
+            start = int(following.split()[3])
+            contract = gw.contract("asset_transfer")
+            created = []
+            deadline_items = 0
+            while tail.poll() is None and deadline_items < 20:
+                contract.submit("create_account", f"tail-{deadline_items}")
+                created.append(f"tail-{deadline_items}")
+                deadline_items += 1
+            out, errors = tail.communicate(timeout=30)
+        finally:
+            tail.kill()
+        assert tail.returncode == 0, errors
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert len(lines) == 2 and all(line["name"] == "AccountCreated" for line in lines)
+        assert [line["payload"]["account"] for line in lines] == created[:2]
+        end = gw.status().height
+    replay = kyodo(
+        "events", "replay", "--from", str(start), "--to", str(end), "--name", "AccountCreated",
+        "--json", folder=folder,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    replayed = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert [r["payload"]["account"] for r in replayed] == created
+    assert all(start <= r["height"] <= end for r in replayed)
+    assert f"{len(created)} items from blocks {start}..{end}" in replay.stderr
