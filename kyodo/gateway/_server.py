@@ -190,6 +190,9 @@ class GatewayServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # event streams sit idle between blocks: let clients keep them alive
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
         handlers = {
