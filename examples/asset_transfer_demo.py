@@ -48,6 +48,7 @@ def main() -> None:
         bank1 = org1_user.network().contract("asset_transfer")
         console.rule("asset transfer between org1 and org2")
         r = bank1.submit_transaction("create_account", alice)
+        opened_at = r.height
         console.print(f"org1/user1 opened {alice}: block {r.height}, tx {r.tx_id[:16]}")
         r = org2_user.contract("asset_transfer").submit_transaction("create_account", bob)
         console.print(f"org2/user1 opened {bob}: block {r.height}, tx {r.tx_id[:16]}")
@@ -62,6 +63,18 @@ def main() -> None:
                 f"{alice} -> {bob} 5000 refused by the contract, recorded in block "
                 f"{exc.height}: [yellow]{exc}[/]"
             )
+        console.rule("what org2's systems saw (its event stream, from its own node)")
+        first = org2_user.status().height
+        with org2_user.network().events(
+            contracts=("asset_transfer",), after=(opened_at, -1, -1), until=first
+        ) as stream:
+            for event in stream:
+                if {alice, bob} & {str(v) for v in event.payload.values()}:
+                    console.print(
+                        f"  {event.idempotency_key:<22} {event.name:<15} {event.payload}",
+                        highlight=False,
+                    )
+                event.ack()
         seen_by_org2 = org2_user.contract("asset_transfer").evaluate("balance", bob)
         console.print(f"balance of {bob}, read at org2's node: {seen_by_org2}")
         status = org2_user.status()
