@@ -76,7 +76,9 @@ def connector_postgres(
                     f"into {schema} (Ctrl-C to stop)"
                 )
                 await mirror.run(
-                    lambda after: network.events(contracts=chosen, include_state=True, after=after),
+                    lambda after: network.events(
+                        contracts=chosen, include_state=True, after=after, window=1024
+                    ),
                     stop=stop,
                     on_progress=progress,
                 )

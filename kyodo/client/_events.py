@@ -95,8 +95,8 @@ class LedgerEvent:
         name: the event name (``event``), the function (``transaction``).
         key: the state key written (``state``).
         payload: the event's payload; the new value (``state``; None: deleted); the
-            result (``transaction``); ``{"hash", "tx_count", "timestamp_ms"}``
-            (``block``).
+            result (``transaction``); ``{"hash", "tx_count", "state_root"}`` (hex;
+            ``block``).
         status: ``OK`` or the failure code (``transaction``).
         message: the contract's failure message (``transaction``).
         timestamp_ms: the block's timestamp.

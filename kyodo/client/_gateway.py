@@ -293,36 +293,57 @@ class Gateway:
         )
         self._index = 0
         self._lock = threading.Lock()
-        self._channel = grpc.secure_channel(
-            self.addresses[0], self._credentials, options=channel_options()
-        )
-        self._calls: dict[str, Callable[..., bytes]] = {}
+        self._channels: dict[int, grpc.Channel] = {}
+        """One channel per address, opened on first use and kept until close(): a
+        failover never closes a channel under another thread's call or stream."""
+        self._calls: dict[tuple[int, str], Callable[..., bytes]] = {}
 
     @property
     def address(self) -> str:
         """The gateway in use now."""
         return self.addresses[self._index]
 
-    def failover(self) -> None:
-        """Move to the next gateway address (no-op with a single address)."""
-        if len(self.addresses) == 1:
-            return
-        with self._lock:
-            old = self._channel
-            self._index = (self._index + 1) % len(self.addresses)
-            self._channel = grpc.secure_channel(
-                self.address, self._credentials, options=channel_options()
-            )
-            self._calls = {}
-        old.close()
+    @property
+    def index(self) -> int:
+        """Which of ``addresses`` is in use now."""
+        return self._index
 
-    def channel(self) -> grpc.Channel:
-        """The gRPC channel to the gateway in use."""
-        return self._channel
+    def failover(self, *, from_index: int | None = None) -> None:
+        """Move to the next gateway address (no-op with a single address). With
+        ``from_index`` (the address a failed call used): only if no other thread moved
+        on already, so concurrent failures move once, not once each."""
+        with self._lock:
+            if len(self.addresses) == 1 or (from_index is not None and from_index != self._index):
+                return
+            self._index = (self._index + 1) % len(self.addresses)
+
+    def channel(self, index: int | None = None) -> grpc.Channel:
+        """The gRPC channel to the gateway in use (or to ``addresses[index]``)."""
+        at = self._index if index is None else index
+        with self._lock:
+            channel = self._channels.get(at)
+            if channel is None:
+                channel = grpc.secure_channel(
+                    self.addresses[at], self._credentials, options=channel_options()
+                )
+                self._channels[at] = channel
+            return channel
+
+    def _stub(self, index: int, method: str) -> Callable[..., bytes]:
+        stub = self._calls.get((index, method))
+        if stub is None:
+            stub = self.channel(index).unary_unary(f"/{GATEWAY_SERVICE}/{method}")
+            self._calls[(index, method)] = stub
+        return stub
 
     def close(self) -> None:
-        """Close the connection."""
-        self._channel.close()
+        """Close the connections."""
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._calls.clear()
+        for channel in channels:
+            channel.close()
 
     def __enter__(self) -> Gateway:
         return self
@@ -364,20 +385,17 @@ class Gateway:
         delay = 0.1
         retries = self._retries if retries is None else retries
         for attempt in range(retries + 1):
-            stub = self._calls.get(method)
-            if stub is None:
-                stub = self._channel.unary_unary(f"/{GATEWAY_SERVICE}/{method}")
-                self._calls[method] = stub
+            used = self._index
             try:
-                raw = stub(body, timeout=timeout_s or self._timeout_s)
+                raw = self._stub(used, method)(body, timeout=timeout_s or self._timeout_s)
                 return decode_record(response_type, raw)
             except grpc.RpcError as exc:
                 error = typed_error(exc)
+                if isinstance(error, Unavailable):
+                    self.failover(from_index=used)
                 wait = retry_delay(error, delay)
                 if wait is None or attempt == retries:
                     raise error from None
-                if isinstance(error, Unavailable):
-                    self.failover()
                 time.sleep(wait)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -398,9 +416,7 @@ class Gateway:
                 wait = retry_delay(error, delay)
                 if wait is None or attempt == self._retries:
                     raise
-                if isinstance(error, Unavailable):
-                    self.failover()
-                time.sleep(wait)
+                time.sleep(wait)  # call() moved to the next gateway already
                 delay *= 2
         raise AssertionError("unreachable")
 
@@ -415,9 +431,7 @@ class Gateway:
                 wait = retry_delay(error, delay)
                 if wait is None or attempt == self._retries:
                     raise
-                if isinstance(error, Unavailable):
-                    self.failover()
-                time.sleep(wait)
+                time.sleep(wait)  # call() moved to the next gateway already
                 delay *= 2
         raise AssertionError("unreachable")
 
@@ -740,6 +754,7 @@ class EventStream:
         self._requests: queue.Queue[bytes | None] | None = None
         self._call: Any = None
         self._closed = False
+        self._used = gateway.index
         self.reconnects = 0
 
     @property
@@ -780,7 +795,7 @@ class EventStream:
                     return
                 wait = retry_delay(error, delay) or delay
                 if isinstance(error, Unavailable):
-                    self._gateway.failover()
+                    self._gateway.failover(from_index=self._used)
                 self.reconnects += 1
                 time.sleep(wait)
                 delay = min(delay * 2, 5.0)
@@ -811,7 +826,8 @@ class EventStream:
             while (message := requests.get()) is not None:
                 yield message
 
-        stub = self._gateway.channel().stream_stream(f"/{GATEWAY_SERVICE}/Events")
+        self._used = self._gateway.index
+        stub = self._gateway.channel(self._used).stream_stream(f"/{GATEWAY_SERVICE}/Events")
         call = stub(outgoing())
         self._requests, self._call = requests, call
 

@@ -22,7 +22,11 @@ A gateway object belongs to one event loop: its channel is created lazily, on th
 first call, inside the running loop. With several addresses, a call that finds its
 gateway unavailable moves to the next one; calls running concurrently on the
 channel that failed move only once (the failover happens only if the channel is
-still the one the failed call used).
+still the one the failed call used). Two of grpc.aio's ways of failing count as
+``Unavailable`` too, so they are retried like the sync SDK's UNAVAILABLE: a call
+whose channel a failover closed under it (grpc.aio raises CancelledError in a task
+nobody cancelled), and a stream whose connection broke while an acknowledgement was
+being sent (grpc.aio ends it with INTERNAL, without the gateway's error trailer).
 
 An :class:`AsyncEventStream` sends its requests from a queue: the signed
 ``StreamOpen``, then one ``StreamAck`` per ``await event.ack()``. Closing it
@@ -45,7 +49,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from kyodo.client._events import Checkpointer, LedgerEvent, Subscription
+from kyodo.client._events import AsyncAck, Checkpointer, LedgerEvent, Subscription
 from kyodo.client._gateway import (
     Identity,
     SubmitResult,
@@ -264,7 +268,12 @@ class AsyncGateway:
         try:
             raw = await stub(body, timeout=timeout_s or self._timeout_s)
         except grpc.RpcError as exc:
-            raise typed_error(exc) from None
+            raise _typed_error(exc) from None
+        except asyncio.CancelledError:
+            if _is_cancelling():  # our task is cancelled: let it end
+                raise
+            # the channel was closed under the call (a failover by a concurrent call)
+            raise Unavailable("the call's channel was closed", code="unavailable") from None
         return decode_record(response_type, raw)
 
     async def call(
@@ -416,6 +425,7 @@ class AsyncNetwork:
         after: Position | None = None,
         checkpointer: Checkpointer | None = None,
         window: int = 256,
+        until: int | None = None,
     ) -> AsyncEventStream:
         """Items in ledger order: ``async for event in network.events(sub): ...;
         await event.ack()``.
@@ -425,6 +435,7 @@ class AsyncNetwork:
         here and the consumer keeps its place: in ``checkpointer`` (``ack()`` saves
         it), or from ``after``. On a lost connection the stream resumes, on the next
         gateway address if there are several, after the last acknowledged item.
+        ``until``: stop after block ``until`` (a replay); else the stream never ends.
         """
         return AsyncEventStream(
             self.gateway,
@@ -438,6 +449,7 @@ class AsyncNetwork:
             after=after,
             checkpointer=checkpointer,
             window=window,
+            until=until,
         )
 
 
@@ -513,8 +525,12 @@ class AsyncEventStream:
         after: Position | None,
         checkpointer: Checkpointer | None,
         window: int,
+        until: int | None = None,
     ) -> None:
         self._gateway = gateway
+        self._until = -1 if until is None else until
+        self._ended = False
+        """A replay's node ended it after its last block: iteration stops."""
         self._subscription = subscription
         self._filter = flt
         self._checkpointer = checkpointer
@@ -589,7 +605,7 @@ class AsyncEventStream:
 
     async def _iterate(self) -> AsyncGenerator[LedgerEvent, None]:
         delay = 0.2
-        while not self._closed:
+        while not self._closed and not self._ended:
             self._used = self._gateway.channel()
             try:
                 async with contextlib.aclosing(self._open()) as events:
@@ -614,12 +630,17 @@ class AsyncEventStream:
             if self._known is None:
                 self._known = check_position(info.checkpoint)
         if self.name:
-            return StreamOpen(subscription=self.name, after=resume, window=self._window)
-        return StreamOpen(filter=self._filter, after=resume, window=self._window)
+            return StreamOpen(
+                subscription=self.name,
+                after=resume,
+                window=self._window,
+                until_height=self._until,
+            )
+        return StreamOpen(
+            filter=self._filter, after=resume, window=self._window, until_height=self._until
+        )
 
-    def _ack_hook(
-        self, requests: asyncio.Queue[bytes | None]
-    ) -> Callable[[Position], Awaitable[None]]:
+    def _ack_hook(self, requests: asyncio.Queue[bytes | None]) -> AsyncAck:
         """The ``ack`` of the items of one call: save the checkpoint (if the consumer
         keeps it), remember the position, queue the acknowledgement for the node."""
 
@@ -658,7 +679,7 @@ class AsyncEventStream:
         except grpc.RpcError as exc:
             if self._closed:
                 return
-            raise typed_error(exc) from None
+            raise _typed_error(exc) from None
         except asyncio.CancelledError:
             if _is_cancelling():  # our task is cancelled: let it end
                 raise
@@ -668,8 +689,22 @@ class AsyncEventStream:
             raise Unavailable("the event stream's channel was closed", code="unavailable") from None
         finally:  # also when the consumer stops iterating: its acks are sent first
             await _finish(call, requests, self._flush_s, drain=True)
+        if self._until >= 0:  # a replay: the node ended it after the last block
+            self._ended = True
+            return
         if not self._closed:  # the node ended the stream (stopping): resume elsewhere
             raise Unavailable("the gateway ended the event stream", code="unavailable")
+
+
+def _typed_error(exc: grpc.RpcError) -> KyodoError:
+    """The sync SDK's :func:`typed_error`, and one case of grpc.aio's: a message that
+    cannot be sent because the connection broke ends the call with INTERNAL ("Internal
+    error from Core", set by the client library, without the gateway's error trailer)
+    instead of UNAVAILABLE. The gateway's own INTERNAL always carries the trailer."""
+    error = typed_error(exc)
+    if error.code == "error" and exc.code() == grpc.StatusCode.INTERNAL:
+        return Unavailable(f"gateway connection lost: {exc.details()}", code="unavailable")
+    return error
 
 
 def _is_cancelling() -> bool:

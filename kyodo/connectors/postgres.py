@@ -47,6 +47,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import inspect
 import itertools
 import threading
 import time
@@ -610,6 +611,11 @@ class PostgresMirror:
                 batch, end = await _collect(queue, batch_max, linger_s, stop)
                 if batch:
                     rows = await call(functools.partial(self.apply, batch))
+                    # committed: let the stream move on (its window of unacknowledged
+                    # items is flow control; the checkpoint of record is PostgreSQL's)
+                    acked = batch[-1].ack()
+                    if inspect.isawaitable(acked):
+                        await acked
                     if on_progress is not None:
                         on_progress(
                             MirrorProgress(

@@ -210,15 +210,19 @@ class Session:
         self._room.set()
         self._closed = asyncio.Event()
         self.superseded = False
+        self.deleted = False
+        self.transport = ""
+        """``grpc``, ``sse`` or ``ws``: REST acknowledgements reach SSE sessions only."""
 
     @property
     def closed(self) -> bool:
         """Whether the session ended (closed, or superseded by a newer one)."""
         return self._closed.is_set()
 
-    def close(self, *, superseded: bool = False) -> None:
+    def close(self, *, superseded: bool = False, deleted: bool = False) -> None:
         """End the session; ``batches`` stops."""
         self.superseded = self.superseded or superseded
+        self.deleted = self.deleted or deleted
         self._closed.set()
         self._room.set()
 
@@ -498,7 +502,7 @@ class EventHub:
         del self._subs[key]
         self._db.delete(key.encode(), self._sync)
         if (session := self._sessions.pop(key, None)) is not None:
-            session.close()
+            session.close(deleted=True)  # its consumer is told, and must not re-declare it
         if (task := self._workers.pop(key, None)) is not None:
             task.cancel()
         log.info("subscription_deleted", subscription=key)
@@ -585,9 +589,9 @@ class EventHub:
         """Acknowledge on the open session of a named subscription (SSE consumers, whose
         stream has no way back)."""
         session = self._sessions.get(f"{org}/{name}")
-        if session is None:
+        if session is None or session.transport != "sse":
             raise EventsError(
-                "no_session", f"subscription {name!r} has no open stream on this node"
+                "no_session", f"subscription {name!r} has no open SSE stream on this node"
             )
         session.ack(position)
 

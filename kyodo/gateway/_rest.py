@@ -20,16 +20,20 @@ Operations (OpenAPI 3.1 at ``/openapi.json``):
 
 - ``POST /v1/auth/challenge``  {certificate: PEM} -> {challenge, expires_at_ms}
 - ``POST /v1/auth/token``      {challenge, signature} -> {access_token, ...}
-- ``POST /v1/auth/logout``
-- ``GET  /v1/whoami``
-- ``GET  /v1/status``
-- ``GET  /v1/blocks/{height}`` (-1: the tip)
-- ``GET  /v1/transactions/{tx_id}``
+- ``POST /v1/auth/logout``, ``GET /v1/whoami``, ``GET /v1/status``, ``GET /healthz``
+- ``GET  /v1/blocks/{height}`` (-1: the tip), ``GET /v1/transactions/{tx_id}``
+- ``POST /v1/transactions`` {payload, signature}: a transaction signed by its
+  creator (who must be the token's identity; a token proves who calls, the
+  ledger keeps the creator's own signature), ``?mode=sync|async``;
+  ``GET /v1/transactions/{tx_id}/status``
 - ``POST /v1/contracts/{contract}/{function}/evaluate`` {args: [...]}
+- ``GET  /v1/contracts[/{name}]``, ``GET /v1/network``
+- ``POST|GET /v1/subscriptions``, ``GET|DELETE /v1/subscriptions/{name}``,
+  ``POST /v1/subscriptions/{name}/ack``
+- ``GET  /v1/subscriptions/{name}/events`` and ``GET /v1/events`` (Server-Sent
+  Events), ``WS /v1/subscriptions/{name}/ws`` (WebSocket)
 
-Submitting stays with signed transactions (gRPC and the SDK): a token proves
-who is calling, but a transaction on the ledger carries its creator's own
-signature.
+Calls are rate-limited per identity (``rate_limited``, 429 with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -812,6 +816,9 @@ def create_app(
                         yield f"id: {h}.{t}.{i}\nevent: {item.kind}\ndata: {data}\n\n".encode()
                     if auto_ack:  # inline: the client keeps its place (Last-Event-ID)
                         session.ack(batch.items[-1].position)
+                if session.superseded or session.deleted:
+                    code = "events.superseded" if session.superseded else "events.not_found"
+                    yield f"event: error\ndata: {json.dumps({'code': code})}\n\n".encode()
             finally:
                 hub.release(session)
 
@@ -856,6 +863,7 @@ def create_app(
             session = hub.open(StreamOpen(subscription=name, window=window), request.state.identity)
         except EventsError as exc:
             raise events_problem(exc) from exc
+        session.transport = "sse"
         return sse(request, session, name, auto_ack=False, idle_s=wait_s)
 
     @app.get(
@@ -918,6 +926,7 @@ def create_app(
             flt = hub.get(name, member.org).filter
             filter_access(flt, member)
             session = hub.open(StreamOpen(subscription=name), websocket.state.identity)
+            session.transport = "ws"
         except (Problem, EventsError, TimeoutError, ValueError, WebSocketDisconnect) as exc:
             refusal = events_problem(exc) if isinstance(exc, EventsError) else exc
             code = refusal.code if isinstance(refusal, Problem) else "malformed"
@@ -951,6 +960,10 @@ def create_app(
             if open_session.superseded:
                 await websocket.send_json(
                     {"error": "events.superseded", "detail": "another consumer opened it"}
+                )
+            if open_session.deleted:
+                await websocket.send_json(
+                    {"error": "events.not_found", "detail": f"subscription {name!r} was deleted"}
                 )
         except (WebSocketDisconnect, RuntimeError):
             pass

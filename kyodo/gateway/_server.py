@@ -713,6 +713,7 @@ class GatewayServer:
                 if flt is not None:
                     self._check_filter_access(flt, member)
                 session = hub.open(opened, _name(member))
+                session.transport = "grpc"
         except GatewayError as exc:
             await self._refuse(context, "Events", caller, started, exc)
             return
@@ -747,6 +748,18 @@ class GatewayServer:
             )
         if failure:
             await self._refuse(context, "Events", caller, started, failure[0])
+        if session.deleted:
+            await self._refuse(
+                context,
+                "Events",
+                caller,
+                started,
+                GatewayError(
+                    grpc.StatusCode.NOT_FOUND,
+                    "events.not_found",
+                    f"subscription {opened.subscription!r} was deleted",
+                ),
+            )
         if session.superseded:
             await self._refuse(
                 context,

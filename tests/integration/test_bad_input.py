@@ -410,7 +410,7 @@ def test_oversized_and_malformed_requests_are_refused_with_typed_errors(network)
         with pytest.raises(KyodoError) as too_big:
             raw_submit(gw, signed(gw, args=("z" * 2_000_000,)))
         assert too_big.value.code == "too_large"
-        stub = gw._channel.unary_unary("/kyodo.v1.Gateway/Submit")
+        stub = gw.channel().unary_unary("/kyodo.v1.Gateway/Submit")
         import grpc
 
         with pytest.raises(grpc.RpcError) as malformed:

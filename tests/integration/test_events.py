@@ -217,3 +217,31 @@ def test_cli_tail_and_replay(network: LocalNetwork) -> None:
     assert [r["payload"]["account"] for r in replayed] == created
     assert all(start <= r["height"] <= end for r in replayed)
     assert f"{len(created)} items from blocks {start}..{end}" in replay.stderr
+
+
+def test_a_deleted_subscription_ends_its_stream_and_is_not_declared_again(
+    network: LocalNetwork,
+) -> None:
+    with network.gateway(network.orgs[2]) as gw:
+        net = gw.network()
+        sub = Subscription(name="short-lived", kind="blocks")
+        net.subscribe(sub)
+        errors: list[Exception] = []
+        stream = net.events(sub)
+
+        def consume() -> None:
+            try:
+                for event in stream:
+                    event.ack()
+            except Exception as exc:
+                errors.append(exc)
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        wait_until(lambda: net.subscription("short-lived").connected, timeout_s=10, what="open")
+        net.unsubscribe("short-lived")
+        consumer.join(timeout=20)
+        assert not consumer.is_alive()
+        assert isinstance(errors[0], NotFound), errors
+        with pytest.raises(NotFound):
+            net.subscription("short-lived")
