@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -24,6 +26,8 @@ from kyodo.cli._network import LocalNetwork
 from kyodo.client import ContractFailed, LedgerEvent
 from kyodo.client.aio import AsyncContract, AsyncNetwork, connect_user
 from kyodo.connectors import PostgresMirror
+from tests.integration.conftest import wait_until as wait
+from tests.integration.test_network import KYODO
 from tests.postgres import postgres_dsn, postgres_server
 
 __all__ = ["postgres_dsn", "postgres_server"]  # the fixtures, imported to be found
@@ -224,3 +228,55 @@ def test_mirror_follows_the_ledger_exactly_once_across_a_restart(
     )
     assert [key for (key,) in changes] == [e.idempotency_key for e in ledger if e.kind == "state"]
     assert stored_checkpoint(postgres_dsn, schema, name) == last
+
+
+def test_the_connector_command_mirrors_until_interrupted(
+    network: LocalNetwork, postgres_dsn: str
+) -> None:
+    """``kyodo connector postgres`` as an operator runs it: it mirrors, reports progress,
+    and on Ctrl-C writes what it holds and stops cleanly; started again, it goes on from
+    its checkpoint without writing a row twice."""
+    schema = f"cli_{os.getpid()}"
+    command = [
+        *KYODO, "connector", "postgres", "--dsn", postgres_dsn, "--contracts", "asset_transfer",
+        "--schema", schema, "--name", "cli", "--dir", str(network.folder),
+    ]  # fmt: skip
+    accounts = [f"cli-{os.getpid()}-{i}" for i in range(6)]
+
+    def key_of(account: str) -> str:
+        return f"account/{account}"  # asset_transfer's state key of an account
+
+    def mirrored() -> set[str]:
+        try:
+            rows = query(postgres_dsn, "SELECT key FROM {schema}.state", schema)
+        except psycopg.Error:
+            return set()
+        return {r[0] for r in rows}
+
+    def run_until(expected: set[str]) -> str:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait(lambda: expected <= mirrored(), timeout_s=60, what="the accounts mirrored")
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err.decode()
+        return out.decode() + err.decode()
+
+    with network.gateway("org1") as gw:
+        contract = gw.contract("asset_transfer")
+        for account in accounts[:3]:
+            contract.submit("create_account", account)
+        output = run_until({key_of(a) for a in accounts[:3]})
+        assert "mirroring asset_transfer" in output and "stopped:" in output
+        for account in accounts[3:]:
+            contract.submit("create_account", account)
+    output = run_until({key_of(a) for a in accounts})  # on from its checkpoint
+    assert "stopped:" in output
+    events = query(
+        postgres_dsn,
+        "SELECT idempotency_key FROM {schema}.events WHERE payload->>'account' LIKE %s",
+        schema,
+        f"cli-{os.getpid()}-%",
+    )
+    assert len(events) == len(accounts) == len({e[0] for e in events})
