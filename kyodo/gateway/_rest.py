@@ -875,8 +875,8 @@ def create_app(
     async def inline_events(
         request: Request,
         kind: Annotated[str, Query(pattern="^(events|transactions|blocks)$")] = "events",
-        contracts: Annotated[str, Query(max_length=4096)] = "",
-        names: Annotated[str, Query(max_length=4096)] = "",
+        contracts: Annotated[str, Query(max_length=1024)] = "",
+        names: Annotated[str, Query(max_length=1024)] = "",
         include_state: bool = False,
         after: Annotated[str, Query(pattern=r"^\d{1,18}\.-?\d{1,9}\.-?\d{1,9}$")] = "",
         wait_s: Annotated[float | None, Query(ge=0, le=3600)] = None,
@@ -1115,6 +1115,9 @@ class RestGateway:
             lifespan="off",
             server_header=False,
             limit_concurrency=1024,
+            # a request line and headers up to 64 KiB reach the application, which
+            # refuses what is too long with a problem+json (the query limits are lower)
+            h11_max_incomplete_event_size=64 * 1024,
         )
         config.load()
         config.ssl = context  # our context: the key never touches the disk in plaintext
