@@ -21,7 +21,7 @@ from rich.table import Table
 from kyodo.cli._app import DEFAULT_DIR, DirOption, JsonOption, console, err
 from kyodo.cli._network import LocalNetwork
 from kyodo.client import Gateway, KyodoError, LedgerEvent, Subscription
-from kyodo.events import jsonable
+from kyodo.events import info_json, jsonable
 from kyodo.wire import EVENT_KINDS, SubscriptionInfo
 
 events_app = typer.Typer(
@@ -212,29 +212,6 @@ def _info_row(info: SubscriptionInfo) -> list[str]:
     ]
 
 
-def _info_json(info: SubscriptionInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "owner": info.owner,
-        "kind": info.filter.kind,
-        "contracts": list(info.filter.contracts),
-        "names": list(info.filter.names),
-        "include_state": info.filter.include_state,
-        "start": info.start,
-        "start_height": info.start_height,
-        "webhook_url": info.webhook_url,
-        "checkpoint": list(info.checkpoint),
-        "acked": info.acked,
-        "connected": info.connected,
-        "failures": info.failures,
-        "last_error": info.last_error,
-        "dead_letters": [
-            {"key": d.key, "attempts": d.attempts, "error": d.error, "at_ms": d.at_ms}
-            for d in info.dead_letters
-        ],
-    }
-
-
 def _table(infos: list[SubscriptionInfo]) -> Table:
     table = Table(title="subscriptions")
     for column in ("name", "delivers", "checkpoint", "acked", "delivery", "open", "dead", "error"):
@@ -292,7 +269,7 @@ def events_subscribe(
     except KyodoError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(_info_json(info)))
+        print(json.dumps(info_json(info)))
     else:
         console.print(_table([info]))
 
@@ -311,7 +288,7 @@ def events_list(
     except KyodoError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps([_info_json(i) for i in infos]))
+        print(json.dumps([info_json(i) for i in infos]))
     else:
         console.print(_table(infos))
 
@@ -331,7 +308,7 @@ def events_status(
     except KyodoError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(_info_json(info)))
+        print(json.dumps(info_json(info)))
         return
     console.print(_table([info]))
     for letter in info.dead_letters:

@@ -1,6 +1,6 @@
 """Event streams: durable subscriptions over items derived from committed blocks."""
 
-from kyodo.events._derive import item_json, items_of_block, jsonable
+from kyodo.events._derive import info_json, item_json, items_of_block, jsonable
 from kyodo.events._hub import (
     SIGNATURE_HEADER,
     EventHub,
@@ -19,6 +19,7 @@ __all__ = [
     "LedgerReader",
     "Session",
     "check_filter",
+    "info_json",
     "item_json",
     "items_of_block",
     "jsonable",

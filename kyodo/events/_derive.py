@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from kyodo.ledger import Block, split_state_key
-from kyodo.wire import FAILURE_CODES, EventFilter, StreamItem, TxStatus
+from kyodo.wire import FAILURE_CODES, EventFilter, StreamItem, SubscriptionInfo, TxStatus
 
-__all__ = ["BEFORE", "item_json", "items_of_block", "jsonable", "matches_nothing_after"]
+__all__ = ["BEFORE", "info_json", "item_json", "items_of_block", "jsonable"]
 
 BEFORE = -1
 """Position component meaning "before everything" of a block or transaction."""
@@ -137,11 +137,6 @@ def items_of_block(
     return out
 
 
-def matches_nothing_after(position: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The cursor after a whole block was scanned: before everything of the next one."""
-    return (position[0] + 1, BEFORE, BEFORE)
-
-
 def jsonable(value: Any) -> Any:
     """A canonical value as JSON (bytes as ``{"$bytes": base64}``)."""
     if isinstance(value, bytes):
@@ -171,4 +166,36 @@ def item_json(item: StreamItem, subscription: str = "") -> dict[str, Any]:
         "status": item.status,
         "message": item.message,
         "timestamp_ms": item.timestamp_ms,
+    }
+
+
+def info_json(info: SubscriptionInfo) -> dict[str, Any]:
+    """A subscription's status as JSON (REST, ``kyodo events --json``); never its secret."""
+    return {
+        "name": info.name,
+        "owner": info.owner,
+        "kind": info.filter.kind,
+        "contracts": list(info.filter.contracts),
+        "names": list(info.filter.names),
+        "include_state": info.filter.include_state,
+        "start": info.start,
+        "start_height": info.start_height,
+        "webhook_url": info.webhook_url,
+        "max_attempts": info.max_attempts,
+        "checkpoint": list(info.checkpoint),
+        "created_ms": info.created_ms,
+        "acked": info.acked,
+        "connected": info.connected,
+        "failures": info.failures,
+        "last_error": info.last_error,
+        "dead_letters": [
+            {
+                "idempotency_key": d.key,
+                "position": list(d.position),
+                "attempts": d.attempts,
+                "error": d.error,
+                "at_ms": d.at_ms,
+            }
+            for d in info.dead_letters
+        ],
     }

@@ -65,7 +65,7 @@ from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
-from kyodo.events import EventHub, EventsError, Session, item_json
+from kyodo.events import EventHub, EventsError, Session, info_json, item_json
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
 from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.gateway._tokens import TokenService
@@ -87,7 +87,6 @@ from kyodo.wire import (
     EventFilter,
     NodeStatus,
     StreamOpen,
-    SubscriptionInfo,
     SubscriptionSpec,
     Transaction,
     TxEnvelope,
@@ -705,36 +704,6 @@ def create_app(
         if flt.include_state:
             allow("state.read", member)
 
-    def subscription_json(info: SubscriptionInfo) -> dict[str, Any]:
-        return {
-            "name": info.name,
-            "owner": info.owner,
-            "kind": info.filter.kind,
-            "contracts": list(info.filter.contracts),
-            "names": list(info.filter.names),
-            "include_state": info.filter.include_state,
-            "start": info.start,
-            "start_height": info.start_height,
-            "webhook_url": info.webhook_url,
-            "max_attempts": info.max_attempts,
-            "checkpoint": list(info.checkpoint),
-            "created_ms": info.created_ms,
-            "acked": info.acked,
-            "connected": info.connected,
-            "failures": info.failures,
-            "last_error": info.last_error,
-            "dead_letters": [
-                {
-                    "idempotency_key": d.key,
-                    "position": list(d.position),
-                    "attempts": d.attempts,
-                    "error": d.error,
-                    "at_ms": d.at_ms,
-                }
-                for d in info.dead_letters
-            ],
-        }
-
     @app.post("/v1/subscriptions", tags=["events"], status_code=201)
     async def subscribe(
         request: Request, body: SubscriptionBody, authorization: AuthHeader = None
@@ -750,7 +719,7 @@ def create_app(
             info = hub.declare(spec, request.state.identity, after=body.after)
         except EventsError as exc:
             raise events_problem(exc) from exc
-        response = _ok(request, subscription_json(info))
+        response = _ok(request, info_json(info))
         response.status_code = 200 if existed else 201
         return response
 
@@ -760,7 +729,7 @@ def create_app(
         _, member = authenticate(request, authorization)
         allow("events.subscribe", member)
         found = backend.events.list(member.org)
-        return _ok(request, {"subscriptions": [subscription_json(i) for i in found]})
+        return _ok(request, {"subscriptions": [info_json(i) for i in found]})
 
     @app.get("/v1/subscriptions/{name}", tags=["events"])
     async def subscription(request: Request, name: str, authorization: AuthHeader = None) -> Any:
@@ -769,7 +738,7 @@ def create_app(
         _, member = authenticate(request, authorization)
         allow("events.subscribe", member)
         try:
-            return _ok(request, subscription_json(backend.events.get(name, member.org)))
+            return _ok(request, info_json(backend.events.get(name, member.org)))
         except EventsError as exc:
             raise events_problem(exc) from exc
 
@@ -783,7 +752,7 @@ def create_app(
             backend.events.delete(name, member.org)
         except EventsError as exc:
             raise events_problem(exc) from exc
-        return _ok(request, subscription_json(info))
+        return _ok(request, info_json(info))
 
     @app.post("/v1/subscriptions/{name}/ack", tags=["events"])
     async def ack(
