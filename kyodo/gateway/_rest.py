@@ -788,6 +788,8 @@ def create_app(
                 if session.superseded or session.deleted:
                     code = "events.superseded" if session.superseded else "events.not_found"
                     yield f"event: error\ndata: {json.dumps({'code': code})}\n\n".encode()
+            except LedgerError:  # this node's store failed a check: it quarantined itself
+                yield b'event: error\ndata: {"code":"quarantined"}\n\n'
             finally:
                 hub.release(session)
 
@@ -934,6 +936,9 @@ def create_app(
                 await websocket.send_json(
                     {"error": "events.not_found", "detail": f"subscription {name!r} was deleted"}
                 )
+        except LedgerError:  # this node's store failed a check: it quarantined itself
+            with contextlib.suppress(Exception):
+                await websocket.send_json({"error": "quarantined", "detail": "use another node"})
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

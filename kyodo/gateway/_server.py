@@ -736,6 +736,14 @@ class GatewayServer:
             async for batch in session.batches():
                 delivered += len(batch.items)
                 yield encode(batch)
+        except LedgerError as exc:  # this node's store failed a check: it quarantined itself
+            failure.append(
+                GatewayError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "quarantined",
+                    f"this node's stored data failed verification ({exc}); use another node",
+                )
+            )
         finally:
             acks.cancel()
             hub.release(session)
