@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.sync.client import connect as ws_connect
 
 from kyodo.cli._network import LocalNetwork
+from kyodo.client import RateLimited
 from kyodo.events import SIGNATURE_HEADER, verify_webhook
 from tests.integration.conftest import wait_until
 from tests.integration.test_rest_login import base, bundle, call, login
@@ -254,3 +255,22 @@ def test_login_challenges_are_rate_limited_per_certificate(network: LocalNetwork
     assert int(refused.headers["Retry-After"]) >= 1
     # a member who waits gets through again
     wait_until(lambda: call(network, "GET", "/healthz", org="org2"), timeout_s=10, what="healthz")
+
+
+def test_grpc_calls_are_rate_limited_per_identity_and_the_sdk_waits(
+    network: LocalNetwork,
+) -> None:
+    refused = None
+    with network.gateway("org3", "admin", retries=0) as gw:  # an identity of its own
+        for _ in range(2000):
+            try:
+                gw.status()
+            except RateLimited as exc:
+                refused = exc
+                break
+        assert refused is not None, "2000 calls in a row were all served"
+        assert refused.code == "rate_limited" and refused.retry_after_s
+    with network.gateway("org3", "admin") as patient:  # the default: wait, then retry
+        assert patient.status().height >= 0
+    with network.gateway("org3", "user1", retries=0) as other:  # others are not limited
+        assert other.status().height >= 0
