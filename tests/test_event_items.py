@@ -50,6 +50,25 @@ def test_a_forged_writes_entry_is_a_store_fault(store: LedgerStore) -> None:
         store.get_writes(1)
 
 
+def test_the_writes_index_is_rebuilt_from_the_history_byte_for_byte(
+    store: LedgerStore,
+) -> None:
+    net = make_network()
+    append_genesis(store, net)
+    append_writes(store, net, {("kv", "b"): 1, ("kv", "a"): 2}, {("kv", "a"): None})
+    append_writes(store, net, {("other", "z"): 3})
+    before = dict(store.iter_raw("writes"))
+    for key in before:  # a store from before the index: no entries, not complete
+        store.delete_raw("writes", key)
+    store.delete_raw("meta", b"writes_complete")
+    assert not store.writes_complete() and store.get_writes(1) is None
+    assert store.rebuild_writes() == 3
+    assert dict(store.iter_raw("writes")) == before and store.writes_complete()
+    store.delete_raw("writes", (2).to_bytes(8, "big"))  # complete, yet an entry is gone
+    with pytest.raises(StoredDataError):
+        store.get_writes(2)
+
+
 def test_items_of_a_block_by_kind_in_position_order(store: LedgerStore) -> None:
     net = make_network()
     append_genesis(store, net)

@@ -698,9 +698,15 @@ async def _pump(
     a _StreamEnd. Reading the stream in its own task lets the batcher time out on the
     queue, never inside the stream."""
     stream = None
+    last = after
     try:
         stream = source(after)
         async for item in stream:
+            # a stream that reconnects (failover) resumes after its last acknowledged
+            # item, so items already queued come again: pass each position once, in order
+            if last is not None and item.position <= last:
+                continue
+            last = item.position
             await queue.put(item)
     except Exception as exc:
         await queue.put(_StreamEnd(exc))

@@ -12,7 +12,7 @@ crash, a restart, a failover) - and then it carries the same idempotency key.
 
 * **Pull** (gRPC ``Events``, WebSocket, SSE): a session sends up to ``window``
   items ahead of the consumer's acknowledgements; an acknowledgement is cumulative
-  and is written (synced) before the session sends more. A subscription has one
+  and reaches the disk (one synced batch, off the event loop) within ``FLUSH_S``. A subscription has one
   consumer at a time: a new session supersedes the old one (a consumer restarted
   on another connection must not wait for the dead one's TCP timeout).
 * **Webhook**: a worker per subscription POSTs each item as JSON, signed with
@@ -45,16 +45,17 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
-from rocksdict import Options, Rdict, WriteOptions
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from kyodo.codec import DecodeError, decode_record, encode, record
 from kyodo.events._derive import Write, item_json, items_of_block
@@ -95,6 +96,13 @@ SCAN_BLOCKS = 64
 """Most blocks one read scans: a consumer far behind still yields the reader threads."""
 SIGNATURE_HEADER = "Kyodo-Signature"
 MAX_WEBHOOK_BACKOFF_S = 30.0
+MAX_STREAMS_PER_IDENTITY = 8
+"""Open streams one identity may hold on a node (named and inline together)."""
+MAX_STREAMS = 256
+"""Open streams a node serves in all."""
+FLUSH_S = 0.2
+"""Acknowledged checkpoints reach the disk (synced) within this: a crash in between
+means those items come again (at least once), never that one is skipped."""
 
 
 class EventsError(Exception):
@@ -259,8 +267,8 @@ class Session:
                 yield StreamBatch(items=(), tip=self._hub.ledger.tip())
 
     def ack(self, position: Any) -> None:
-        """Acknowledge every sent item up to ``position`` (persisted, for a named
-        subscription, before returning). A position beyond what was sent is refused."""
+        """Acknowledge every sent item up to ``position`` (for a named subscription, on
+        disk within FLUSH_S). A position beyond what was sent is refused."""
         try:
             pos = check_position(tuple(position))
         except (TypeError, ValueError) as exc:
@@ -275,7 +283,7 @@ class Session:
         while self._sent and self._sent[0] <= pos:
             self._sent.popleft()
             count += 1
-        if self.key:
+        if self.key and not self.closed:  # a superseded or deleted session moves nothing
             self._hub.record_ack(self.key, pos, count)
         self._room.set()
 
@@ -308,17 +316,43 @@ class EventHub:
             except (DecodeError, UnicodeDecodeError) as exc:
                 log.error("subscription_unreadable", key=repr(key), error=str(exc))
         self._sessions: dict[str, Session] = {}
+        """The current session of each named subscription."""
+        self._live: dict[Session, str] = {}
+        """Every open session (named or inline) and its owner, for the stream caps."""
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        """Subscriptions whose acknowledged checkpoint is not on disk yet."""
+        self._flusher: asyncio.Task[None] | None = None
         self._tip_event = asyncio.Event()
         self._closing = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the webhook workers of stored subscriptions (on the event loop)."""
+        """Start the checkpoint flusher and the webhook workers of stored subscriptions
+        (on the event loop)."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         for key, stored in self._subs.items():
             if stored.spec.webhook_url:
                 self._start_worker(key)
+
+    async def _flush_loop(self) -> None:
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=FLUSH_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the acknowledged checkpoints not on disk yet, in one synced batch (on a
+        worker thread: the event loop never waits for the disk)."""
+        if not self._dirty:
+            return
+        keys, self._dirty = self._dirty, set()
+        batch = WriteBatch(raw_mode=True)
+        for key in keys:
+            if (stored := self._subs.get(key)) is not None:
+                batch.put(key.encode(), encode(stored))
+        await asyncio.to_thread(self._db.write, batch, self._sync)
 
     async def close(self) -> None:
         """Stop sessions and workers, close the table."""
@@ -331,6 +365,10 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._workers.clear()
+        if self._flusher is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flusher
+        await self.flush()
         self._db.close()
 
     def notify(self, height: int) -> None:
@@ -397,12 +435,7 @@ class EventHub:
         its organization); a new subscription starts after it instead of at ``start``,
         an existing one moves up to it if it is later.
         """
-        resume: Position | None = None
-        if after is not None:
-            try:
-                resume = check_position(tuple(after))
-            except (TypeError, ValueError) as exc:
-                raise EventsError("invalid", str(exc)) from exc
+        resume = self._resume_position(after)
         org = owner.split("/", 1)[0]
         self._check_spec(spec)
         key = f"{org}/{spec.name}"
@@ -418,9 +451,7 @@ class EventHub:
                 raise EventsError(
                     "conflict", f"subscription {spec.name!r} exists with another secret"
                 )
-            if resume is not None and resume > tuple(existing.checkpoint):
-                self._put(key, replace(existing, checkpoint=resume))
-            return self._info(key)
+            return self._info(key)  # `after` moves nothing: only acknowledgements do
         if sum(1 for k in self._subs if k.startswith(org + "/")) >= MAX_SUBSCRIPTIONS_PER_ORG:
             raise EventsError(
                 "limit", f"{org} has {MAX_SUBSCRIPTIONS_PER_ORG} subscriptions on this node"
@@ -445,6 +476,20 @@ class EventHub:
         if spec.webhook_url:
             self._start_worker(key)
         return self._info(key)
+
+    def _resume_position(self, after: Any) -> Position | None:
+        """A consumer's own checkpoint, checked: a position, not beyond the next block."""
+        if after is None:
+            return None
+        try:
+            position = check_position(tuple(after))
+        except (TypeError, ValueError) as exc:
+            raise EventsError("invalid", str(exc)) from exc
+        if position > (self.ledger.tip() + 1, -1, -1):
+            raise EventsError(
+                "invalid", f"position {list(position)} is beyond the tip ({self.ledger.tip()})"
+            )
+        return position
 
     def _check_spec(self, spec: SubscriptionSpec) -> None:
         name = spec.name
@@ -478,9 +523,8 @@ class EventHub:
                 "webhook_host",
                 f"webhook host {host!r} is not in this node's webhook_allowed_hosts",
             )
-        with contextlib.suppress(ValueError):
-            ip = ipaddress.ip_address(host)
-            if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        with contextlib.suppress(ValueError):  # names are resolved and checked per POST
+            if _unroutable(ipaddress.ip_address(host)):
                 raise EventsError("webhook_host", f"webhook host {host} is not addressable")
 
     def get(self, name: str, org: str) -> SubscriptionInfo:
@@ -521,15 +565,23 @@ class EventHub:
             checkpoint=tuple(st.checkpoint),
             created_ms=st.created_ms,
             acked=st.acked,
-            connected=key in self._sessions or key in self._workers,
+            connected=key in self._sessions
+            or (key in self._workers and not self._workers[key].done()),
             dead_letters=st.dead_letters,
             failures=st.failures,
             last_error=st.last_error,
         )
 
     def _put(self, key: str, stored: _Stored) -> None:
+        """Store a declaration now (synced)."""
         self._db.put(key.encode(), encode(stored), self._sync)
         self._subs[key] = stored
+        self._dirty.discard(key)
+
+    def _advance(self, key: str, stored: _Stored) -> None:
+        """Record progress (a checkpoint, webhook failures): on disk within FLUSH_S."""
+        self._subs[key] = stored
+        self._dirty.add(key)
 
     # -- pull sessions -----------------------------------------------------------------
 
@@ -540,17 +592,18 @@ class EventHub:
         window = request.window
         if not 1 <= window <= MAX_STREAM_WINDOW:
             raise EventsError("invalid", f"window is 1 to {MAX_STREAM_WINDOW}")
-        after: Position | None = None
-        if request.after is not None:
-            try:
-                after = check_position(request.after)
-            except ValueError as exc:
-                raise EventsError("invalid", str(exc)) from exc
+        after = self._resume_position(request.after)
+        if len(self._live) >= MAX_STREAMS:
+            raise EventsError("limit", f"this node serves {MAX_STREAMS} streams already")
+        if sum(1 for who in self._live.values() if who == owner) >= MAX_STREAMS_PER_IDENTITY:
+            raise EventsError(
+                "limit", f"{owner} has {MAX_STREAMS_PER_IDENTITY} streams open on this node"
+            )
         if not request.subscription:
             if request.filter is None:
                 raise EventsError("invalid", "name a subscription or give a filter")
             check_filter(request.filter)
-            return Session(
+            session = Session(
                 self,
                 key="",
                 flt=request.filter,
@@ -558,6 +611,8 @@ class EventHub:
                 window=window,
                 until=request.until_height,
             )
+            self._live[session] = owner
+            return session
         key = f"{org}/{request.subscription}"
         stored = self._subs.get(key)
         if stored is None:
@@ -569,9 +624,8 @@ class EventHub:
                 "invalid", f"subscription {request.subscription!r} delivers by webhook"
             )
         checkpoint = check_position(stored.checkpoint)
-        if after is not None and after > checkpoint:  # a consumer failing over brings its own
-            self._put(key, replace(stored, checkpoint=after))
-            checkpoint = after
+        if after is not None and after > checkpoint:  # a consumer failing over brings its
+            checkpoint = after  # own: where this stream starts; only acks move the record
         if (old := self._sessions.get(key)) is not None:
             old.close(superseded=True)
         session = Session(
@@ -583,6 +637,7 @@ class EventHub:
             until=request.until_height,
         )
         self._sessions[key] = session
+        self._live[session] = owner
         return session
 
     def ack(self, name: str, org: str, position: Any) -> None:
@@ -598,6 +653,7 @@ class EventHub:
     def release(self, session: Session) -> None:
         """The session's transport ended."""
         session.close()
+        self._live.pop(session, None)
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
 
@@ -606,7 +662,7 @@ class EventHub:
         stored = self._subs.get(key)
         if stored is None or position <= tuple(stored.checkpoint):
             return
-        self._put(key, replace(stored, checkpoint=position, acked=stored.acked + count))
+        self._advance(key, replace(stored, checkpoint=position, acked=stored.acked + count))
 
     # -- webhooks ----------------------------------------------------------------------
 
@@ -615,59 +671,114 @@ class EventHub:
             self._workers[key] = asyncio.get_running_loop().create_task(self._webhook(key))
 
     async def _webhook(self, key: str) -> None:
+        """Deliver a webhook subscription's items in order, for as long as it exists. A
+        failure of the node's own (a store fault, quarantine) is waited out, never fatal:
+        the worker backs off and reads again."""
         import httpx  # imported here: only nodes with webhook subscriptions need it
 
         async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
             cursor: Position | None = None
             while not self._closing.is_set() and key in self._subs:
-                stored = self._subs[key]
-                checkpoint = check_position(stored.checkpoint)
-                if cursor is None or cursor < checkpoint:
-                    cursor = checkpoint
-                items, next_cursor = await self.read_items(stored.spec.filter, cursor, 16)
-                if not items:
-                    cursor = next_cursor
-                    await self.wait_for_height(next_cursor[0], HEARTBEAT_S)
-                    continue
-                for item in items:
-                    if key not in self._subs:
-                        return
-                    await self._deliver(http, key, item)
-                    cursor = item.position
+                try:
+                    checkpoint = check_position(self._subs[key].checkpoint)
+                    if cursor is None or cursor < checkpoint:
+                        cursor = checkpoint
+                    filter_ = self._subs[key].spec.filter
+                    items, next_cursor = await self.read_items(filter_, cursor, 16)
+                    if not items:
+                        cursor = next_cursor
+                        await self.wait_for_height(next_cursor[0], HEARTBEAT_S)
+                        continue
+                    for item in items:
+                        if key not in self._subs or self._closing.is_set():
+                            return
+                        await self._deliver(http, key, item)
+                        cursor = item.position
+                except Exception as exc:  # the node's own trouble: wait, read again
+                    log.warning("webhook_worker_paused", subscription=key, error=repr(exc))
+                    if (stored := self._subs.get(key)) is not None:
+                        self._advance(key, replace(stored, last_error="node unavailable"))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), timeout=5.0)
+
+    async def _target(self, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Where to send a webhook: the URL with its host resolved and every address
+        checked now (no rebinding between the check and the connection), the Host
+        header, and the TLS server name. Raises _Refused."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if self._allowed_hosts and host not in self._allowed_hosts:
+            raise _Refused("host not allowed")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise _Refused("unresolvable") from exc
+        addresses = []
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if _unroutable(ip):
+                raise _Refused("address not allowed")
+            addresses.append(ip)
+        if not addresses:
+            raise _Refused("unresolvable")
+        chosen = addresses[0]
+        netloc = f"[{chosen}]:{port}" if chosen.version == 6 else f"{chosen}:{port}"
+        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        host_header = host if parts.port is None else f"{host}:{parts.port}"
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return pinned, {"Host": host_header}, extensions
 
     async def _deliver(self, http: Any, key: str, item: StreamItem) -> None:
-        """POST one item until a 2xx or ``max_attempts``; then dead-letter it."""
+        """POST one item until a 2xx or ``max_attempts``; then dead-letter it. What a
+        member sees of a failure is coarse (``HTTP 503``, ``unreachable``, ``timeout``):
+        the node's network is not theirs to map; the node's log has the details."""
+        import httpx
+
         attempt = 0
         while key in self._subs:
-            stored = self._subs[key]
-            spec = stored.spec
+            spec = self._subs[key].spec
             body = json.dumps(item_json(item, spec.name), separators=(",", ":")).encode()
-            ts = _now_ms()
-            headers = {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign_webhook(spec.webhook_secret, ts, body),
-                "Kyodo-Idempotency-Key": item.idempotency_key,
-                "Kyodo-Subscription": spec.name,
-            }
             attempt += 1
             error = ""
             try:
-                response = await http.post(spec.webhook_url, content=body, headers=headers)
+                url, host, extensions = await self._target(spec.webhook_url)
+                ts = _now_ms()
+                headers = {
+                    **host,
+                    "Content-Type": "application/json",
+                    SIGNATURE_HEADER: sign_webhook(spec.webhook_secret, ts, body),
+                    "Kyodo-Idempotency-Key": item.idempotency_key,
+                    "Kyodo-Subscription": spec.name,
+                }
+                response = await http.post(
+                    url, content=body, headers=headers, extensions=extensions
+                )
                 if 200 <= response.status_code < 300:
-                    self._put(
-                        key,
-                        replace(
-                            stored,
-                            checkpoint=item.position,
-                            acked=stored.acked + 1,
-                            failures=0,
-                            last_error="",
-                        ),
-                    )
+                    if (stored := self._subs.get(key)) is not None:
+                        self._advance(
+                            key,
+                            replace(
+                                stored,
+                                checkpoint=item.position,
+                                acked=stored.acked + 1,
+                                failures=0,
+                                last_error="",
+                            ),
+                        )
                     return
                 error = f"HTTP {response.status_code}"
-            except Exception as exc:  # connection refused, timeout, TLS: all retried
-                error = f"{type(exc).__name__}: {exc}"[:300]
+            except _Refused as exc:
+                error = f"refused: {exc}"
+            except httpx.TimeoutException:
+                error = "timeout"
+            except Exception as exc:  # connection refused, TLS, reset: all retried
+                log.info("webhook_error", subscription=key, error=type(exc).__name__)
+                error = "unreachable"
             log.warning(
                 "webhook_failed",
                 subscription=key,
@@ -675,6 +786,9 @@ class EventHub:
                 attempt=attempt,
                 error=error,
             )
+            stored = self._subs.get(key)
+            if stored is None:
+                return
             if attempt >= spec.max_attempts:
                 letters = (
                     *stored.dead_letters,
@@ -686,7 +800,7 @@ class EventHub:
                         at_ms=_now_ms(),
                     ),
                 )[-MAX_DEAD_LETTERS:]
-                self._put(
+                self._advance(
                     key,
                     replace(
                         stored,
@@ -698,12 +812,22 @@ class EventHub:
                 )
                 log.error("webhook_dead_letter", subscription=key, item=item.idempotency_key)
                 return
-            self._put(key, replace(stored, failures=attempt, last_error=error))
+            self._advance(key, replace(stored, failures=attempt, last_error=error))
             delay = min(MAX_WEBHOOK_BACKOFF_S, self._backoff_s * 2 ** (attempt - 1))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), timeout=delay)
             if self._closing.is_set():
                 return
+
+
+class _Refused(Exception):
+    """A webhook target this node will not send to."""
+
+
+def _unroutable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Addresses a webhook never goes to, whatever the allowlist: link-local (cloud
+    metadata services), multicast, unspecified, reserved."""
+    return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
 
 
 def _comparable(spec: SubscriptionSpec) -> SubscriptionSpec:

@@ -389,9 +389,9 @@ def create_app(
             der = certificate_der(body.certificate.encode())
         except IdentityError as exc:
             raise Problem(400, "malformed", f"certificate: {exc}") from exc
-        # challenges cost the node memory: limited per certificate (anyone may hold a
-        # member's public certificate) and per client address
-        limit("login:" + sha256(der).hex())
+        # challenges cost the node memory (bounded: the oldest open ones give way):
+        # limited per client address. Not per certificate: anyone may hold a member's
+        # public certificate, and could so lock that member out of logging in.
         limit("login-from:" + (request.client.host if request.client else "?"))
         try:
             nonce, expires = tokens.challenge(der, backend.auth_context(), _now_ms())
@@ -409,6 +409,7 @@ def create_app(
     @app.post("/v1/auth/token", response_model=TokenResponse, tags=["auth"])
     async def token(request: Request, body: TokenRequest) -> JSONResponse:
         """Exchange a signed challenge for a short-lived access token."""
+        limit("login-from:" + (request.client.host if request.client else "?"))
         try:
             nonce = base64.b64decode(body.challenge, validate=True)
             signature = base64.b64decode(body.signature, validate=True)

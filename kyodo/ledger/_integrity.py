@@ -74,6 +74,7 @@ class Fault:
 
     kind: str
     """``block``, ``txindex``, ``tree``, ``state``, ``state_missing``, ``history``,
+    ``writes`` (the per-block index of writes, rebuilt from the history index),
     ``config``, ``rollback`` (the store is older than this node's own record of its tip),
     ``unreadable`` (the database files are damaged: the store is rebuilt from peers)."""
     height: int | None = None

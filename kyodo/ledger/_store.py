@@ -36,7 +36,7 @@ touch different keys. Reads may come from any thread.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ _TIP_HEIGHT = b"tip_height"
 _TIP_HASH = b"tip_hash"
 _STATE_ROOT = b"state_root"
 _GENESIS_HASH = b"genesis_hash"
+_WRITES_COMPLETE = b"writes_complete"
+"""Present once every block of the store has its ``writes`` entry (new stores from
+genesis on; older ones after :meth:`LedgerStore.rebuild_writes`)."""
 _CONSENSUS_WAL = b"consensus_wal"
 _HEIGHT = struct.Struct(">Q")
 _LOCATION = struct.Struct(">QI")
@@ -246,6 +249,9 @@ class LedgerStore:
         """
         raw = self._get("writes", _HEIGHT.pack(height))
         if raw is None:
+            tip = self.height()
+            if self.writes_complete() and tip is not None and height <= tip:
+                raise StoredDataError("the writes index has no entry", height=height)
             return None
         out: list[tuple[bytes, int, Any]] = []
         try:
@@ -262,6 +268,38 @@ class LedgerStore:
         except (DecodeError, TypeError, ValueError) as exc:
             raise StoredDataError(f"the writes index of block {height} is unreadable") from exc
         return out
+
+    def writes_complete(self) -> bool:
+        """Whether every block has its ``writes`` entry (else: call rebuild_writes)."""
+        return self._get("meta", _WRITES_COMPLETE) is not None
+
+    def rebuild_writes(self, progress: Callable[[int], None] | None = None) -> int:
+        """Write every block's ``writes`` entry again from the history index (one pass
+        over it), then mark the index complete: for a store from before the index
+        existed, and to repair a damaged entry. Returns the number of blocks written.
+
+        The order within a block is the executor's (transaction index, then state key),
+        so a rebuilt entry is byte for byte the one the block's append wrote.
+        """
+        tip = self.height()
+        if tip is None:
+            return 0
+        by_height: dict[int, list[tuple[int, bytes]]] = {}
+        for n, (hkey, _) in enumerate(self.iter_raw("history"), 1):
+            state_key = hkey[: -(_LOCATION.size + 1)]
+            height, index = _LOCATION.unpack(hkey[-_LOCATION.size :])
+            by_height.setdefault(height, []).append((index, state_key))
+            if progress is not None and n % 100_000 == 0:
+                progress(n)
+        batch = WriteBatch(raw_mode=True)
+        h = self._handles
+        for height in range(tip + 1):
+            entries = sorted(by_height.get(height, ()))
+            value = encode_value([[state_key, index] for index, state_key in entries])
+            batch.put(_HEIGHT.pack(height), value, h["writes"])
+        batch.put(_WRITES_COMPLETE, b"1", h["meta"])
+        self._db.write(batch, self._sync)
+        return tip + 1
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         """A state-tree node by hash (the state tree's NodeReader)."""
@@ -316,6 +354,7 @@ class LedgerStore:
         batch.put(_STATE_ROOT, tree_update.root, h["meta"])
         if header.height == 0:
             batch.put(_GENESIS_HASH, block_hash, h["meta"])
+            batch.put(_WRITES_COMPLETE, b"1", h["meta"])
         if block.config is not None:  # in force from the next height (genesis: from 0)
             first = 0 if header.height == 0 else header.height + 1
             record = encode_value([first, encode(block.config)])

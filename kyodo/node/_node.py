@@ -233,6 +233,7 @@ class Node:
             self.metrics.certificate_expiry.labels(cert=kind).set(expires.timestamp())
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="reader")
+        self._event_reader = ThreadPoolExecutor(1, thread_name_prefix="events")
         self._tip_header: BlockHeader
         """Header of the last appended block; owned by the ledger thread."""
         self.store: LedgerStore
@@ -388,6 +389,10 @@ class Node:
             lambda: AuditLog(self.home / "audit", node_id=self.cfg.node_id)
         )
         self._anchored_size = await self._in_ledger(self._read_anchored_size)
+        if not await self._in_ledger(self.store.writes_complete):  # a store from before it
+            log.info("writes_index_rebuilding", node=self.cfg.node_id, height=height)
+            blocks = await self._in_ledger(self.store.rebuild_writes)
+            log.info("writes_index_rebuilt", node=self.cfg.node_id, blocks=blocks)
         self.events = await self._in_ledger(
             lambda: EventHub(
                 self.home / "events",
@@ -429,6 +434,7 @@ class Node:
         self._ledger_thread.shutdown()
         self._wal_thread.shutdown()
         self._readers.shutdown()
+        self._event_reader.shutdown()
 
     async def _open_and_check(self) -> list[IntegrityFault]:
         """Open the store, take its configurations, build the consensus core and check
@@ -716,6 +722,9 @@ class Node:
             request = replace(request, history_keys=(fault.key,))
         elif fault.kind == "config":
             await self._in_ledger(self._rewrite_configs)
+        elif fault.kind == "writes":  # an index of the verified history: rebuilt from it
+            await self._in_ledger(self.store.rebuild_writes)
+            log.warning("repaired_locally", item="writes index")
         if request.heights or request.node_hashes or request.state_keys or request.history_keys:
             await self._ask_peers(request)
         if await self._in_ledger(self._recheck, fault):
@@ -830,6 +839,8 @@ class Node:
                     ),
                     tip=tip,
                 )
+            elif fault.kind == "writes" and fault.height is not None:
+                store.get_writes(fault.height)
             elif fault.kind == "config":
                 stored = [c for _, c in store.get_configs()]
                 if stored[: len(self._epochs.all())] != list(self._epochs.all()):
@@ -1906,13 +1917,19 @@ class _HubLedger:
     def writes(self, height: int) -> list[tuple[bytes, int, Any]] | None:
         try:
             return self._node.store.get_writes(height)
+        except UnreadableStoreError as exc:  # damaged files: set aside and rebuilt
+            fault = IntegrityFault(str(exc), Fault("unreadable", height=height))
+            self._node._loop.call_soon_threadsafe(self._node._on_fault, fault)
+            raise fault from exc
         except StoredDataError as exc:  # a forged index entry: quarantine, then repair
-            fault = IntegrityFault(str(exc), Fault("history", height=height))
+            fault = IntegrityFault(str(exc), Fault("writes", height=height))
             self._node._loop.call_soon_threadsafe(self._node._on_fault, fault)
             raise fault from exc
 
     def in_reader(self, fn: Any) -> Any:
-        return self._node._in_reader(fn)
+        # streams read on a thread of their own: a consumer replaying a long backlog
+        # never delays the node's own readers (submit checks, sync, repair)
+        return asyncio.get_running_loop().run_in_executor(self._node._event_reader, fn)
 
 
 def _as_fault(exc: Exception) -> IntegrityFault:

@@ -213,6 +213,19 @@ def test_webhook_signed_retried_in_order_then_dead_lettered(network: LocalNetwor
                 "name": "ssrf", "webhook_url": "file:///etc/passwd", "webhook_secret": "x" * 16,
             })  # fmt: skip
             assert refused.status_code == 400 and refused.json()["code"] == "events.invalid"
+            # 169.254.169.254 (cloud metadata) written as a number: resolved, then refused
+            assert http.post("/v1/subscriptions", json={
+                "name": "metadata", "names": ["AccountCreated"], "max_attempts": 1,
+                "webhook_url": "http://2852039166/latest", "webhook_secret": "x" * 16,
+            }).status_code == 201  # fmt: skip
+            with network.gateway("org1") as gw:
+                gw.contract("asset_transfer").submit("create_account", "wh-meta")
+            letters = wait_until(
+                lambda: http.get("/v1/subscriptions/metadata").json()["dead_letters"],
+                timeout_s=30,
+                what="the metadata webhook dead-lettered",
+            )
+            assert letters[0]["error"] == "refused: address not allowed"
     finally:
         flaky.close()
         broken.close()
@@ -238,7 +251,7 @@ def test_standard_grpc_health_service(network: LocalNetwork) -> None:
         watch.cancel()
 
 
-def test_login_challenges_are_rate_limited_per_certificate(network: LocalNetwork) -> None:
+def test_login_challenges_are_rate_limited_per_client_address(network: LocalNetwork) -> None:
     pem = (network.folder / "orgs" / "org2" / "users" / "user1" / "signing.pem").read_text()
     context = ssl.create_default_context(cadata=bundle(network).decode())
     refused = None

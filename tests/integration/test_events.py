@@ -16,6 +16,7 @@ from kyodo.client import (
     AccessDenied,
     Conflict,
     FileCheckpointer,
+    InvalidRequest,
     LedgerEvent,
     NotFound,
     Subscription,
@@ -245,3 +246,31 @@ def test_a_deleted_subscription_ends_its_stream_and_is_not_declared_again(
         assert isinstance(errors[0], NotFound), errors
         with pytest.raises(NotFound):
             net.subscription("short-lived")
+
+
+def test_a_consumer_cannot_claim_a_position_beyond_the_tip(network: LocalNetwork) -> None:
+    with network.gateway(network.orgs[3]) as gw:
+        net = gw.network()
+        sub = Subscription(name="far-future", kind="blocks")
+        with pytest.raises(InvalidRequest):
+            net.subscribe(sub, after=(10**12, 0, 0))
+        info = net.subscribe(sub)
+        with pytest.raises(InvalidRequest), net.events(sub, after=(10**12, 0, 0)) as stream:
+            next(iter(stream))
+        assert tuple(net.subscription("far-future").checkpoint) == tuple(info.checkpoint)
+
+
+def test_streams_per_identity_are_capped(network: LocalNetwork) -> None:
+    with network.gateway(network.orgs[3], "admin") as gw:
+        net = gw.network()
+        streams = [net.events(kind="blocks", after=(0, -1, -1)) for _ in range(9)]
+        iterators = [iter(stream) for stream in streams]  # kept: a dropped one closes
+        try:
+            for iterator in iterators[:8]:
+                next(iterator)  # open, with its first block
+            with pytest.raises(InvalidRequest) as refused:
+                next(iterators[8])
+            assert refused.value.code == "events.limit"
+        finally:
+            for stream in streams:
+                stream.close(flush_s=0.5)
