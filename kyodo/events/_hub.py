@@ -12,9 +12,10 @@ crash, a restart, a failover) - and then it carries the same idempotency key.
 
 * **Pull** (gRPC ``Events``, WebSocket, SSE): a session sends up to ``window``
   items ahead of the consumer's acknowledgements; an acknowledgement is cumulative
-  and reaches the disk (one synced batch, off the event loop) within ``FLUSH_S``. A subscription has one
-  consumer at a time: a new session supersedes the old one (a consumer restarted
-  on another connection must not wait for the dead one's TCP timeout).
+  and reaches the disk (one synced batch, off the event loop) within ``FLUSH_S``.
+  A subscription has one consumer at a time: a new session supersedes the old one
+  (a consumer restarted on another connection must not wait for the dead one's
+  TCP timeout).
 * **Webhook**: a worker per subscription POSTs each item as JSON, signed with
   HMAC-SHA256 of the subscription's secret (:func:`sign_webhook`). A 2xx answer
   acknowledges it; anything else is retried with exponential backoff, and after
