@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,9 +34,22 @@ __all__ = [
     "LedgerEvent",
     "SqliteCheckpointer",
     "Subscription",
+    "event_filter",
 ]
 
 Position = tuple[int, int, int]
+
+
+def event_filter(
+    kind: str, contracts: Sequence[str], names: Sequence[str], include_state: bool
+) -> EventFilter:
+    """A stream's filter, as the wire carries it."""
+    return EventFilter(
+        kind=kind,
+        contracts=tuple(contracts),
+        names=tuple(names),
+        include_state=include_state,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,12 +75,7 @@ class Subscription:
 
     def event_filter(self) -> EventFilter:
         """The filter part, as the wire carries it."""
-        return EventFilter(
-            kind=self.kind,
-            contracts=tuple(self.contracts),
-            names=tuple(self.names),
-            include_state=self.include_state,
-        )
+        return event_filter(self.kind, self.contracts, self.names, self.include_state)
 
     def spec(self) -> SubscriptionSpec:
         """The whole declaration, as the wire carries it."""

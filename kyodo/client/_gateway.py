@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from kyodo.client._events import Checkpointer, LedgerEvent, Subscription
+from kyodo.client._events import Checkpointer, LedgerEvent, Subscription, event_filter
 from kyodo.client.errors import (
     AccessDenied,
     Conflict,
@@ -125,6 +125,14 @@ class TlsCredentials:
             root_certificates=ca.read_bytes(),
             certificate_chain=cert.read_bytes(),
             private_key=key_pem,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The gRPC channel credentials (sync and asyncio channels alike)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
         )
 
 
@@ -286,11 +294,7 @@ class Gateway:
         self._timeout_s = timeout_s
         self._retries = retries
         self.addresses = addresses_of(address)
-        self._credentials = grpc.ssl_channel_credentials(
-            root_certificates=tls.root_certificates,
-            private_key=tls.private_key,
-            certificate_chain=tls.certificate_chain,
-        )
+        self._credentials = tls.channel_credentials()
         self._index = 0
         self._lock = threading.Lock()
         self._channels: dict[int, grpc.Channel] = {}
@@ -608,12 +612,7 @@ class Network:
         return EventStream(
             self.gateway,
             subscription=subscription,
-            flt=EventFilter(
-                kind=kind,
-                contracts=tuple(contracts),
-                names=tuple(names),
-                include_state=include_state,
-            ),
+            flt=event_filter(kind, contracts, names, include_state),
             after=after,
             checkpointer=checkpointer,
             window=window,

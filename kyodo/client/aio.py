@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from kyodo.client._events import AsyncAck, Checkpointer, LedgerEvent, Subscription
+from kyodo.client._events import AsyncAck, Checkpointer, LedgerEvent, Subscription, event_filter
 from kyodo.client._gateway import (
     Identity,
     SubmitResult,
@@ -164,11 +164,7 @@ class AsyncGateway:
         self._timeout_s = timeout_s
         self._retries = retries
         self.addresses = addresses_of(address)
-        self._credentials = grpc.ssl_channel_credentials(
-            root_certificates=tls.root_certificates,
-            private_key=tls.private_key,
-            certificate_chain=tls.certificate_chain,
-        )
+        self._credentials = tls.channel_credentials()
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
@@ -428,24 +424,12 @@ class AsyncNetwork:
         until: int | None = None,
     ) -> AsyncEventStream:
         """Items in ledger order: ``async for event in network.events(sub): ...;
-        await event.ack()``.
-
-        With a :class:`Subscription` (declared here) or a subscription's name, the node
-        keeps the checkpoint and ``ack()`` advances it. Without one, the filter is given
-        here and the consumer keeps its place: in ``checkpointer`` (``ack()`` saves
-        it), or from ``after``. On a lost connection the stream resumes, on the next
-        gateway address if there are several, after the last acknowledged item.
-        ``until``: stop after block ``until`` (a replay); else the stream never ends.
-        """
+        await event.ack()``. The parameters and guarantees are those of the sync
+        :meth:`kyodo.client.Network.events`."""
         return AsyncEventStream(
             self.gateway,
             subscription=subscription,
-            flt=EventFilter(
-                kind=kind,
-                contracts=tuple(contracts),
-                names=tuple(names),
-                include_state=include_state,
-            ),
+            flt=event_filter(kind, contracts, names, include_state),
             after=after,
             checkpointer=checkpointer,
             window=window,

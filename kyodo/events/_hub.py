@@ -50,6 +50,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -324,6 +325,7 @@ class EventHub:
         self._dirty: set[str] = set()
         """Subscriptions whose acknowledged checkpoint is not on disk yet."""
         self._flusher: asyncio.Task[None] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="events-writer")
         self._tip_event = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -353,7 +355,7 @@ class EventHub:
         for key in keys:
             if (stored := self._subs.get(key)) is not None:
                 batch.put(key.encode(), encode(stored))
-        await asyncio.to_thread(self._db.write, batch, self._sync)
+        await self._write(self._db.write, batch, self._sync)
 
     async def close(self) -> None:
         """Stop sessions and workers, close the table."""
@@ -370,6 +372,7 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._flusher
         await self.flush()
+        self._writer.shutdown()
         self._db.close()
 
     def notify(self, height: int) -> None:
@@ -429,7 +432,9 @@ class EventHub:
 
     # -- declarations ------------------------------------------------------------------
 
-    def declare(self, spec: SubscriptionSpec, owner: str, *, after: Any = None) -> SubscriptionInfo:
+    async def declare(
+        self, spec: SubscriptionSpec, owner: str, *, after: Any = None
+    ) -> SubscriptionInfo:
         """Create the subscription, or accept the same declaration again.
 
         ``after``: the consumer's own checkpoint (it fails over from another node of
@@ -466,7 +471,9 @@ class EventHub:
         if resume is not None:
             checkpoint = resume
         stored = _Stored(spec=spec, owner=owner, checkpoint=checkpoint, created_ms=_now_ms())
-        self._put(key, stored)
+        self._subs[key] = stored
+        self._dirty.discard(key)
+        await self._write(self._db.put, key.encode(), encode(stored), self._sync)
         log.info(
             "subscription_created",
             subscription=key,
@@ -539,17 +546,17 @@ class EventHub:
         """Every subscription of ``org`` on this node, by name."""
         return [self._info(k) for k in sorted(self._subs) if k.startswith(org + "/")]
 
-    def delete(self, name: str, org: str) -> None:
+    async def delete(self, name: str, org: str) -> None:
         """Remove a subscription: its session ends, its worker stops."""
         key = f"{org}/{name}"
         if key not in self._subs:
             raise EventsError("not_found", f"no subscription {name!r} of {org} on this node")
         del self._subs[key]
-        self._db.delete(key.encode(), self._sync)
         if (session := self._sessions.pop(key, None)) is not None:
             session.close(deleted=True)  # its consumer is told, and must not re-declare it
         if (task := self._workers.pop(key, None)) is not None:
             task.cancel()
+        await self._write(self._db.delete, key.encode(), self._sync)
         log.info("subscription_deleted", subscription=key)
 
     def _info(self, key: str) -> SubscriptionInfo:
@@ -573,11 +580,11 @@ class EventHub:
             last_error=st.last_error,
         )
 
-    def _put(self, key: str, stored: _Stored) -> None:
-        """Store a declaration now (synced)."""
-        self._db.put(key.encode(), encode(stored), self._sync)
-        self._subs[key] = stored
-        self._dirty.discard(key)
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run a synced write on the hub's one writer thread: the event loop never
+        waits for the disk, and writes land in the order they were asked for (a flush
+        of a checkpoint can never resurrect a subscription deleted after it)."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     def _advance(self, key: str, stored: _Stored) -> None:
         """Record progress (a checkpoint, webhook failures): on disk within FLUSH_S."""

@@ -65,7 +65,7 @@ from kyodo.audit import AuditError, AuditLog
 from kyodo.codec import DecodeError, decode_record, encode
 from kyodo.contracts import AccessDeniedError, ContractError, UnknownContractError
 from kyodo.crypto import sha256
-from kyodo.events import EventHub, EventsError, Session, info_json, item_json
+from kyodo.events import EventHub, EventsError, Session, info_json, item_json, jsonable
 from kyodo.gateway._auth import AuthContext, RequestRejectedError
 from kyodo.gateway._limits import RateLimited, RateLimiter
 from kyodo.gateway._tokens import TokenService
@@ -231,17 +231,27 @@ def _ok(request: Request, payload: BaseModel | dict[str, Any]) -> JSONResponse:
     return JSONResponse(data)
 
 
-def _record(request: Request, decision: str, rule: str, detail: str, digest: bytes) -> None:
-    """Append the call to the node's tamper-evident audit log."""
+def _record(
+    request: HTTPConnection,
+    decision: str,
+    rule: str,
+    detail: str,
+    digest: bytes,
+    *,
+    operation: str = "",
+) -> None:
+    """Append the call to the node's tamper-evident audit log (a WebSocket names its
+    ``operation``; an HTTP request is its method and path)."""
     audit: AuditLog | None = getattr(request.app.state, "audit", None)
     if audit is None:
         return
+    method = getattr(request, "method", "WS")
     try:
         audit.append(
             identity=getattr(request.state, "identity", "anonymous"),
             peer=request.client.host if request.client else "",
             transport="rest",
-            operation=f"{request.method} {request.url.path}"[:128],
+            operation=(operation or f"{method} {request.url.path}")[:128],
             subject=request.url.path[:256],
             decision=decision,
             rule=rule,
@@ -258,17 +268,6 @@ def _now_ms() -> int:
 
 def _auth_problem(exc: RequestRejectedError) -> Problem:
     return Problem(_AUTH_STATUS.get(exc.reason, 401), f"auth.{exc.reason}", str(exc))
-
-
-def _jsonable(value: Any) -> Any:
-    """A canonical value as JSON (bytes as {"$bytes": base64})."""
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def _canonical_arg(value: Any, path: str) -> Any:
@@ -525,8 +524,8 @@ def create_app(
                 "status": found.status,
                 "contract": tx.contract,
                 "function": tx.function,
-                "args": _jsonable(list(tx.args)),
-                "result": _jsonable(found.result),
+                "args": jsonable(list(tx.args)),
+                "result": jsonable(found.result),
                 "message": found.message,
             },
         )
@@ -567,7 +566,7 @@ def create_app(
             raise Problem(403, "access_denied", str(exc), rule=exc.rule) from exc
         except ContractError as exc:
             raise Problem(422, "contract_error", str(exc)) from exc
-        return _ok(request, {"result": _jsonable(response.result), "height": response.height})
+        return _ok(request, {"result": jsonable(response.result), "height": response.height})
 
     @app.get("/healthz", tags=["ledger"])
     async def healthz(request: Request) -> Any:
@@ -646,7 +645,7 @@ def create_app(
         """The contracts callers can use, with their functions and access rules."""
         _, member = authenticate(request, authorization)
         allow("config.read", member)
-        return _ok(request, {"contracts": _jsonable(await backend.contracts())})
+        return _ok(request, {"contracts": jsonable(await backend.contracts())})
 
     @app.get("/v1/contracts/{name}", tags=["contracts"])
     async def contract(request: Request, name: str, authorization: AuthHeader = None) -> Any:
@@ -655,7 +654,7 @@ def create_app(
         allow("config.read", member)
         for found in await backend.contracts():
             if found["name"] == name:
-                return _ok(request, _jsonable(found))
+                return _ok(request, jsonable(found))
         raise Problem(404, "not_found", f"no contract named {name!r}")
 
     @app.get("/v1/network", tags=["ledger"])
@@ -717,7 +716,7 @@ def create_app(
         hub = backend.events
         try:
             existed = any(i.name == spec.name for i in hub.list(member.org))
-            info = hub.declare(spec, request.state.identity, after=body.after)
+            info = await hub.declare(spec, request.state.identity, after=body.after)
         except EventsError as exc:
             raise events_problem(exc) from exc
         response = _ok(request, info_json(info))
@@ -750,7 +749,7 @@ def create_app(
         allow("events.subscribe", member)
         try:
             info = backend.events.get(name, member.org)
-            backend.events.delete(name, member.org)
+            await backend.events.delete(name, member.org)
         except EventsError as exc:
             raise events_problem(exc) from exc
         return _ok(request, info_json(info))
@@ -905,9 +904,9 @@ def create_app(
             with contextlib.suppress(Exception):
                 await websocket.send_json({"error": code, "detail": str(refusal)})
                 await websocket.close(code=1008)
-            _audit_ws(websocket, name, "refused", code)
+            _record(websocket, "refused", code, "", b"", operation="WS events")
             return
-        _audit_ws(websocket, name, "allowed", "")
+        _record(websocket, "allowed", "", "", b"", operation="WS events")
         open_session = session
 
         async def read_acks() -> None:
@@ -947,24 +946,6 @@ def create_app(
             hub.release(open_session)
             with contextlib.suppress(Exception):
                 await websocket.close()
-
-    def _audit_ws(websocket: WebSocket, name: str, decision: str, rule: str) -> None:
-        if audit is None:
-            return
-        try:
-            audit.append(
-                identity=getattr(websocket.state, "identity", "anonymous"),
-                peer=websocket.client.host if websocket.client else "",
-                transport="rest",
-                operation=f"WS /v1/subscriptions/{name}/ws"[:128],
-                subject=f"events {name}"[:256],
-                decision=decision,
-                rule=rule,
-                detail="",
-                response_sha256=b"",
-            )
-        except AuditError as exc:
-            log.critical("audit_append_failed", detail=str(exc))
 
     return app
 
@@ -1059,7 +1040,7 @@ def _status_json(status: TxStatusResponse) -> dict[str, Any]:
         "height": status.height,
         "tx_index": status.tx_index,
         "status": status.status,
-        "result": _jsonable(status.result),
+        "result": jsonable(status.result),
         "message": status.message,
     }
 

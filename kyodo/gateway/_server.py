@@ -658,7 +658,7 @@ class GatewayServer:
         _about.set(f"subscription {req.spec.name[:64]}")
         self._check_filter_access(req.spec.filter, caller)
         with _events_errors():
-            return self._backend.events.declare(req.spec, _name(caller), after=req.after)
+            return await self._backend.events.declare(req.spec, _name(caller), after=req.after)
 
     async def _get_subscription(self, request: bytes, caller: Member) -> SubscriptionInfo:
         req = _decode(SubscriptionRequest, request)
@@ -675,7 +675,7 @@ class GatewayServer:
         _about.set(f"subscription {req.name[:64]} delete")
         with _events_errors():
             info = self._backend.events.get(req.name, caller.org)
-            self._backend.events.delete(req.name, caller.org)
+            await self._backend.events.delete(req.name, caller.org)
         return info
 
     async def _events(
@@ -754,32 +754,24 @@ class GatewayServer:
                 delivered=delivered,
                 superseded=session.superseded,
             )
-        if failure:
-            await self._refuse(context, "Events", caller, started, failure[0])
         if session.deleted:
-            await self._refuse(
-                context,
-                "Events",
-                caller,
-                started,
+            failure.append(
                 GatewayError(
                     grpc.StatusCode.NOT_FOUND,
                     "events.not_found",
                     f"subscription {opened.subscription!r} was deleted",
-                ),
+                )
             )
         if session.superseded:
-            await self._refuse(
-                context,
-                "Events",
-                caller,
-                started,
+            failure.append(
                 GatewayError(
                     grpc.StatusCode.ABORTED,
                     "events.superseded",
                     "another consumer opened this subscription",
-                ),
+                )
             )
+        if failure:  # the first reason the stream ended, as a refusal
+            await self._refuse(context, "Events", caller, started, failure[0])
 
 
 _EVENTS_STATUS = {
