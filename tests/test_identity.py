@@ -635,14 +635,15 @@ def test_ca_signed_certificates_with_arbitrary_subjects(
 def _tls_identity(org: str, name: str) -> tuple[bytes, bytes]:
     """(certificate PEM, plaintext PKCS#8 key PEM) of a node's TLS identity; test use only.
 
-    Issued at the wall-clock time, since OpenSSL checks validity against it.
+    Issued a minute before the wall-clock time, since OpenSSL checks validity against
+    it: a step of this machine's clock backwards must not make it "not yet valid".
     """
     key = ec.generate_private_key(ec.SECP256R1())
     cert_pem = _ca(org).issue_tls_cert(
         name=name,
         role=Role.NODE,
         public_key=key.public_key(),
-        now=datetime.now(UTC),
+        now=datetime.now(UTC) - timedelta(minutes=1),
         hosts=["peer0.org1.example", "10.0.0.7", "::1", "localhost", "PEER0.org1.example"],
     )
     key_pem = key.private_bytes(

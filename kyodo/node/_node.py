@@ -24,6 +24,7 @@ import struct
 import time
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -267,6 +268,11 @@ class Node:
         while it is not empty the node is quarantined (module kyodo.node._integrity)."""
         self._quarantined_at = 0.0
         self._repairing = False
+        self._after_repair: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+        """Consensus work our own store's fault interrupted, by kind: the newest proposal
+        to verify (the core waits for a verdict on that one only) and the certified block
+        to append (the core appends one at a time). Done again once the store is
+        repaired, so the core never waits forever for what would not come."""
         self._repair_waiters: dict[bytes, asyncio.Queue[RepairResponse]] = {}
         self._mark = HighWaterMark(home / "tip.mark")
         self._mark_height = -1
@@ -697,6 +703,9 @@ class Node:
             self.metrics.integrity_repairs.inc()
             log.warning("integrity_repaired", node=self.cfg.node_id, seconds=round(took, 3))
             self._alert("integrity_repaired", seconds=round(took, 3))
+            resume, self._after_repair = self._after_repair, {}
+            for work in resume.values():
+                self._spawn(work())
             if self.verifier is not None:
                 self.verifier.run_now()
 
@@ -807,7 +816,9 @@ class Node:
                     at = location[1]
                     if at >= len(block.txs) or block.txs[at].tx_id() != fault.key:
                         return False
-            if fault.kind in ("block", "txindex") and fault.height is not None:
+            if fault.kind == "block" and fault.height is None:  # where, unknown: the tip
+                check_block(store, store.height() or 0, self._view_at, genesis_hash=genesis_hash)
+            elif fault.kind in ("block", "txindex") and fault.height is not None:
                 check_block(store, fault.height, self._view_at, genesis_hash=genesis_hash)
             elif fault.kind == "tree" and fault.key is not None:
                 node = store.get_node(fault.key)
@@ -1139,6 +1150,10 @@ class Node:
         try:
             txs = tuple(t for t in action.txs if isinstance(t, TxEnvelope))
             block, dropped = await self._in_ledger(self._build_block, txs, now_ms(), action.view)
+        except (StoredDataError, StateCorruptionError) as exc:  # our store: no proposal;
+            self._on_fault(_as_fault(exc))  # quarantined, the others move on without us
+            self._apply(self.consensus.on_proposal_built(None, now_ms()))
+            return
         except Exception as exc:  # building from checked requests cannot fail: a bug
             self._halt("block_build_failed", exc)
             return
@@ -1149,6 +1164,10 @@ class Node:
         ok = True
         try:
             await self._in_ledger(self._verify_block, action.block)
+        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the proposal:
+            self._on_fault(_as_fault(exc))  # no verdict on the leader; verified again
+            self._after_repair["verify"] = lambda: self._verify_proposal(action)  # repaired
+            return
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
             self._note_rejected(action.block, action.block.header.proposer, exc)
             ok = False
@@ -1161,8 +1180,9 @@ class Node:
         """Append a block certified by a quorum: ours (``sender`` None) or a peer's."""
         try:
             await self._in_ledger(self._append_block, block)
-        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the block
-            self._on_fault(_as_fault(exc))
+        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the block:
+            self._on_fault(_as_fault(exc))  # appended once the store is repaired (the core
+            self._after_repair["append"] = lambda: self._append(block, sender=sender)  # waits)
             return
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
             if sender is None:  # we verified it before voting: failing now is a bug
@@ -1938,6 +1958,8 @@ def _as_fault(exc: Exception) -> IntegrityFault:
         return exc
     if isinstance(exc, StateCorruptionError):
         return IntegrityFault(str(exc), Fault("tree", key=bytes.fromhex(exc.node_hash)))
+    if isinstance(exc, UnreadableStoreError):  # damaged files: no value to replace
+        return IntegrityFault(str(exc), Fault("unreadable"))
     height = getattr(exc, "height", None)
     return IntegrityFault(str(exc), Fault("block", height=height))
 

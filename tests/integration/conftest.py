@@ -45,14 +45,28 @@ def statuses(net: LocalNetwork) -> list[Any]:
 def wait_converged(net: LocalNetwork, *, timeout_s: float = 30.0) -> Any:
     """Wait until every node answers with the same height, tip hash and state root."""
 
+    seen: list[Any] = []
+
     def converged() -> Any:
         all_status = statuses(net)
+        seen[:] = all_status
         if any(s is None for s in all_status):
             return None
         tips = {(s.height, s.tip_hash, s.state_root) for s in all_status}
         return all_status[0] if len(tips) == 1 else None
 
-    return wait_until(converged, timeout_s=timeout_s, what="all nodes at the same tip")
+    try:
+        return wait_until(converged, timeout_s=timeout_s, what="all nodes at the same tip")
+    except AssertionError as exc:  # say what each node last answered
+        lines = [
+            f"{n.node_id}: no answer"
+            if s is None
+            else f"{n.node_id}: height {s.height} tip {s.tip_hash.hex()[:12]} "
+            f"root {s.state_root.hex()[:12]} {s.role} view {s.view} "
+            f"healthy={s.healthy} {s.detail!r}"
+            for n, s in zip(net.nodes, seen, strict=False)
+        ]
+        raise AssertionError(f"{exc}\n" + "\n".join(lines)) from None
 
 
 def start_network(folder: Path, orgs: int = 4, **options: Any) -> LocalNetwork:

@@ -262,3 +262,57 @@ def test_a_store_rolled_back_to_an_older_copy(prepared, tmp_path):
         shutil.copytree(tmp_path / "old", data)
 
     tamper_and_watch(prepared, "rolled back store", edit)
+
+
+def test_a_damaged_state_tree_met_by_consensus_before_any_verifier_pass(prepared):
+    """With no background verifier, the first to meet the damaged tree is consensus
+    itself, verifying the next proposal or appending the next certified block. That is
+    the node's own fault, not the leader's: it quarantines, repairs, then verifies or
+    appends the same block again and follows the others (an append left waiting stalls
+    the node for good; a proposal refused as the leader's fault accuses an honest one)."""
+    victim = prepared.node(VICTIM)
+    config_file = victim.home / "node.json"
+    original = config_file.read_text()
+    faults = len(events(victim, {"integrity_fault_detected"}))
+    repairs = len(events(victim, {"integrity_repaired"}))
+    rejected = len(events(victim, {"block_rejected"}))
+    assert prepared.stop(victim)
+    config = json.loads(original)
+    config["verify_cpu_share"] = 0  # no verifier pass: consensus meets the damage first
+    config_file.write_text(json.dumps(config))
+
+    def edit(store: LedgerStore) -> None:
+        root = store.state_root()
+        node = store.get_node(root)
+        assert node is not None
+        store.put_raw("tree", root, node[:-1] + bytes([node[-1] ^ 0x01]))
+
+    _with_store(victim.home / "data", edit)
+    try:
+        prepared.start(victim)
+        with prepared.gateway("org1") as gw:
+            for i in range(3):
+                gw.contract("asset_transfer").submit("create_account", f"consensus-meets-{i}")
+        found = wait_until(
+            lambda: events(victim, {"integrity_fault_detected"})[faults:],
+            timeout_s=60,
+            what="the victim to find the damaged tree",
+        )
+        assert found[0]["kind"] == "tree", found
+        wait_until(
+            lambda: len(events(victim, {"integrity_repaired"})) > repairs,
+            timeout_s=60,
+            what="the victim to repair its tree",
+        )
+        wait_converged(prepared, timeout_s=60)
+        accused = [
+            r for r in events(victim, {"block_rejected"})[rejected:] if "state node" in r["detail"]
+        ]
+        assert accused == [], "the node blamed a peer's block for its own damaged tree"
+        with prepared.gateway("org2", node=victim) as gw:
+            assert gw.contract("asset_transfer").evaluate("balance", ACCOUNT) == BALANCE
+    finally:
+        assert prepared.stop(victim)
+        config_file.write_text(original)
+        prepared.start(victim)
+        wait_converged(prepared, timeout_s=60)
