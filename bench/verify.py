@@ -6,7 +6,7 @@ store measures:
 
 * one whole background-verifier pass (every block with its certificate, the
   transaction index, every tree node, the flat state both ways, the history
-  index): blocks/s and MB/s read, at a CPU share of 1.0;
+  index, the writes index): blocks/s and MB/s read, at a CPU share of 1.0;
 * a state read checked against the certified tree (what a query does) against a
   plain read: microseconds per read, over every account.
 

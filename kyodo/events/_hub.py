@@ -319,7 +319,8 @@ class EventHub:
                 log.error("subscription_unreadable", key=repr(key), error=str(exc))
         self._sessions: dict[str, Session] = {}
         """The current session of each named subscription."""
-        self._live: dict[Session, str] = {}
+        self._live: dict[object, str] = {}
+        """Open streams (sessions, and other long-lived calls: ``watching``) by owner."""
         """Every open session (named or inline) and its owner, for the stream caps."""
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
@@ -593,6 +594,27 @@ class EventHub:
 
     # -- pull sessions -----------------------------------------------------------------
 
+    def _check_stream_caps(self, owner: str) -> None:
+        if len(self._live) >= MAX_STREAMS:
+            raise EventsError("limit", f"this node serves {MAX_STREAMS} streams already")
+        if sum(1 for who in self._live.values() if who == owner) >= MAX_STREAMS_PER_IDENTITY:
+            raise EventsError(
+                "limit", f"{owner} has {MAX_STREAMS_PER_IDENTITY} streams open on this node"
+            )
+
+    def hold_stream(self, owner: str) -> object:
+        """Count a stream that is not an event stream (gRPC ``Health.Watch``) in the same
+        caps as the event streams until ``release_stream``; EventsError ``limit`` if one
+        more would pass them."""
+        self._check_stream_caps(owner)
+        token = object()
+        self._live[token] = owner
+        return token
+
+    def release_stream(self, token: object) -> None:
+        """The stream ``hold_stream`` counted has ended."""
+        self._live.pop(token, None)
+
     def open(self, request: StreamOpen, owner: str) -> Session:
         """A pull session: a named subscription of the caller's organization (which must
         not deliver by webhook), or an inline filter with the consumer's checkpoint."""
@@ -601,12 +623,7 @@ class EventHub:
         if not 1 <= window <= MAX_STREAM_WINDOW:
             raise EventsError("invalid", f"window is 1 to {MAX_STREAM_WINDOW}")
         after = self._resume_position(request.after)
-        if len(self._live) >= MAX_STREAMS:
-            raise EventsError("limit", f"this node serves {MAX_STREAMS} streams already")
-        if sum(1 for who in self._live.values() if who == owner) >= MAX_STREAMS_PER_IDENTITY:
-            raise EventsError(
-                "limit", f"{owner} has {MAX_STREAMS_PER_IDENTITY} streams open on this node"
-            )
+        self._check_stream_caps(owner)
         if not request.subscription:
             if request.filter is None:
                 raise EventsError("invalid", "name a subscription or give a filter")

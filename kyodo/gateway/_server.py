@@ -629,14 +629,23 @@ class GatewayServer:
     async def _health_watch(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        _, service = await self._health_request(request, context, "Health.Watch")
-        last = None
-        while True:
-            status = self._health_of(service)
-            if status != last:
-                last = status
-                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
-            await asyncio.sleep(1.0)  # a poll of an in-memory flag, not a synchronisation
+        caller, service = await self._health_request(request, context, "Health.Watch")
+        try:
+            with _events_errors():  # counted in the stream caps while it runs
+                held = self._backend.events.hold_stream(caller)
+        except GatewayError as exc:
+            await self._refuse(context, "Health.Watch", caller, time.perf_counter(), exc)
+            return
+        try:
+            last = None
+            while True:
+                status = self._health_of(service)
+                if status != last:
+                    last = status
+                    yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
+                await asyncio.sleep(1.0)  # a poll of an in-memory flag, not a synchronisation
+        finally:
+            self._backend.events.release_stream(held)
 
     async def _list_contracts(self, request: bytes, caller: Member) -> ContractList:
         _about.set("contracts")

@@ -59,6 +59,7 @@ __all__ = [
     "check_history_key",
     "check_state_key",
     "check_tree_node",
+    "check_writes_index",
     "iter_history_keys",
     "read_history",
     "split_history_key",
@@ -204,6 +205,49 @@ def iter_history_keys(store: LedgerStore) -> Iterator[bytes]:
         if state_key != last:
             last = state_key
             yield state_key
+
+
+def check_writes_index(
+    store: LedgerStore, tip: int, *, tick: Callable[[], None] | None = None
+) -> int:
+    """The ``writes`` index up to ``tip`` lists each write of the history index once, in
+    the executor's order (transaction index, then state key); returns how many.
+
+    Each entry's writes are looked up in the history (``get_writes``), none twice; the
+    totals must then match, so nothing was left out either. A store whose index is not
+    complete yet (it is rebuilt at start) has nothing to check. ``tick`` is called
+    every few blocks (the verifier's CPU share).
+    """
+    if not store.writes_complete():
+        return 0
+    listed = 0
+    for height in range(tip + 1):
+        try:
+            writes = store.get_writes(height)
+        except UnreadableStoreError as exc:
+            raise _fault("unreadable", f"cannot be read: {exc}", height=height) from exc
+        except StoredDataError as exc:
+            raise _fault("writes", str(exc), height=height) from exc
+        order = [(index, state_key) for state_key, index, _ in writes or ()]
+        if order != sorted(set(order)):
+            raise _fault("writes", "the index repeats or reorders writes", height=height)
+        listed += len(order)
+        if tick is not None and height % 64 == 63:
+            tick()
+    held = 0
+    for history_key, _ in store.iter_raw("history"):
+        try:
+            _, height, _ = split_history_key(history_key)
+        except ValueError:
+            raise _fault(
+                "history", f"malformed index key {history_key!r}", key=history_key
+            ) from None
+        held += height <= tip
+    if held != listed:
+        raise _fault(
+            "writes", f"the index lists {listed} writes up to {tip}; the history holds {held}"
+        )
+    return listed
 
 
 def check_history_key(

@@ -79,6 +79,7 @@ from kyodo.ledger._integrity import (
     check_history_key,
     check_state_key,
     check_tree_node,
+    check_writes_index,
     iter_history_keys,
     read_history,
     split_history_key,
@@ -336,6 +337,7 @@ class Verifier:
             report.history_keys += 1
             if report.history_keys % 32 == 0:
                 self._throttle()
+        check_writes_index(store, tip, tick=self._throttle)
         for check in self._extra_checks:
             check()
         report.seconds = time.monotonic() - started

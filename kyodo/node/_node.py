@@ -129,6 +129,7 @@ from kyodo.ledger._integrity import (
     check_history_key,
     check_state_key,
     check_tree_node,
+    check_writes_index,
     iter_history_keys,
 )
 from kyodo.ledger._proofs import (
@@ -850,8 +851,8 @@ class Node:
                     ),
                     tip=tip,
                 )
-            elif fault.kind == "writes" and fault.height is not None:
-                store.get_writes(fault.height)
+            elif fault.kind == "writes":  # the whole index again: a rebuild rewrites it all
+                check_writes_index(store, store.height() or 0)
             elif fault.kind == "config":
                 stored = [c for _, c in store.get_configs()]
                 if stored[: len(self._epochs.all())] != list(self._epochs.all()):

@@ -20,7 +20,9 @@ from websockets.sync.client import connect as ws_connect
 
 from kyodo.cli._network import LocalNetwork
 from kyodo.client import RateLimited
+from kyodo.codec import decode_record
 from kyodo.events import SIGNATURE_HEADER, verify_webhook
+from kyodo.wire import ErrorBody
 from tests.integration.conftest import wait_until
 from tests.integration.test_rest_login import base, bundle, login
 
@@ -250,6 +252,48 @@ def test_standard_grpc_health_service(network: LocalNetwork) -> None:
         watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+
+def test_health_watches_count_in_the_stream_caps(network: LocalNetwork) -> None:
+    """A Health.Watch lives as long as its client wants: like an event stream, one
+    identity may hold 8 on a node; the ninth is refused, and one ended frees a place."""
+    creds = network.user("org3")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=creds.tls.root_certificates,
+        private_key=creds.tls.private_key,
+        certificate_chain=creds.tls.certificate_chain,
+    )
+    request = health_pb2.HealthCheckRequest(service="")
+    with grpc.secure_channel(network.node("org3-node0").gateway, credentials) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = [stub.Watch(request, timeout=60) for _ in range(8)]
+        try:
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                next(stub.Watch(request, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            trailers = dict(refused.value.trailing_metadata() or ())
+            body = decode_record(ErrorBody, trailers["kyodo-error-bin"], max_size=4096)
+            assert body.code == "events.limit"
+            watches.pop().cancel()
+            again = wait_until(
+                lambda: _one_watch(stub, request), timeout_s=10, what="a place freed"
+            )
+            again.cancel()
+        finally:
+            for watch in watches:
+                watch.cancel()
+
+
+def _one_watch(stub: Any, request: Any) -> Any:
+    """A watch that opened (its first answer came), or None if it was refused."""
+    watch = stub.Watch(request, timeout=10)
+    try:
+        next(watch)
+    except grpc.RpcError:
+        return None
+    return watch
 
 
 def test_login_challenges_are_rate_limited_per_client_address(network: LocalNetwork) -> None:

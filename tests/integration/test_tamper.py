@@ -25,7 +25,7 @@ import pytest
 
 from kyodo.cli._network import LocalNetwork, NodeEntry
 from kyodo.client import KyodoError
-from kyodo.codec import encode
+from kyodo.codec import decode_value, encode, encode_value
 from kyodo.ledger import LedgerStore, encode_state_key
 from kyodo.ledger._verify import compute_results_root, compute_txs_root
 from tests.integration.conftest import node_status, wait_converged, wait_until
@@ -214,6 +214,19 @@ def test_a_changed_history_entry(prepared):
         store.put_raw("history", history_key, value.replace(b"\x18\x64", b"\x19\x03\xe8"))
 
     tamper_and_watch(prepared, "history index", lambda d: _with_store(d, edit))
+
+
+def test_a_write_left_out_of_the_writes_index(prepared):
+    """Event streams read state changes from this index: a write left out would never
+    reach a consumer. Every entry it still lists exists, so only the verifier's count
+    against the history finds it; the index is rebuilt from the history."""
+
+    def edit(store: LedgerStore) -> None:
+        height = next(h for h in range(1, 20) if store.get_writes(h))
+        listed = decode_value(store.get_raw("writes", struct.pack(">Q", height)))
+        store.put_raw("writes", struct.pack(">Q", height), encode_value(listed[1:]))
+
+    tamper_and_watch(prepared, "writes index", lambda d: _with_store(d, edit))
 
 
 def test_a_forged_transaction_index_entry(prepared):
