@@ -49,7 +49,7 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,10 +67,12 @@ from kyodo.wire import (
     MAX_STREAM_WINDOW,
     DeadLetter,
     EventFilter,
+    ReplicaEntry,
     StreamBatch,
     StreamItem,
     StreamOpen,
     SubscriptionInfo,
+    SubscriptionReplica,
     SubscriptionSpec,
     check_position,
 )
@@ -102,6 +104,12 @@ MAX_STREAMS_PER_IDENTITY = 8
 """Open streams one identity may hold on a node (named and inline together)."""
 MAX_STREAMS = 256
 """Open streams a node serves in all."""
+MAX_DELETED = 4096
+"""Deletions remembered (the newest), against replicas from before them."""
+TURN_POLL_S = 1.0
+"""How often a webhook worker whose node does not deliver checks whether its turn came."""
+_DELETED = b"~deleted/"
+"""Key prefix of remembered deletions in the table (an organization id has no ``~``)."""
 FLUSH_S = 0.2
 """Acknowledged checkpoints reach the disk (synced) within this: a crash in between
 means those items come again (at least once), never that one is skipped."""
@@ -301,7 +309,14 @@ class EventHub:
         webhook_allowed_hosts: Sequence[str] = (),
         webhook_timeout_s: float = 10.0,
         webhook_backoff_s: float = 0.5,
+        org: str = "",
+        replicate: Callable[[SubscriptionReplica], None] | None = None,
+        delivering: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``org``: this node's organization, the only one whose subscriptions a replica
+        may carry. ``replicate``: sends a replica to the other nodes of the
+        organization. ``delivering``: whether this node's turn to deliver the
+        organization's webhooks has come (the first of its live nodes)."""
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), Options(raw_mode=True))
         self._sync = WriteOptions()
@@ -310,12 +325,21 @@ class EventHub:
         self._allowed_hosts = tuple(webhook_allowed_hosts)
         self._timeout_s = webhook_timeout_s
         self._backoff_s = webhook_backoff_s
+        self._org = org
+        self._replicate = replicate
+        self._delivering = delivering
         self._subs: dict[str, _Stored] = {}
+        self._deleted: dict[str, int] = {}
+        """Deleted subscriptions and when (ms): a replica from before a deletion, from a
+        node that was down when it happened, must not bring one back."""
         for key, value in self._db.items():
             try:
                 assert isinstance(key, bytes) and isinstance(value, bytes)
-                self._subs[key.decode()] = decode_record(_Stored, value)
-            except (DecodeError, UnicodeDecodeError) as exc:
+                if key.startswith(_DELETED):
+                    self._deleted[key[len(_DELETED) :].decode()] = int(value)
+                else:
+                    self._subs[key.decode()] = decode_record(_Stored, value)
+            except (DecodeError, UnicodeDecodeError, ValueError) as exc:
                 log.error("subscription_unreadable", key=repr(key), error=str(exc))
         self._sessions: dict[str, Session] = {}
         """The current session of each named subscription."""
@@ -357,6 +381,7 @@ class EventHub:
             if (stored := self._subs.get(key)) is not None:
                 batch.put(key.encode(), encode(stored))
         await self._write(self._db.write, batch, self._sync)
+        self._share(keys)
 
     async def close(self) -> None:
         """Stop sessions and workers, close the table."""
@@ -471,10 +496,12 @@ class EventHub:
             checkpoint = (spec.start_height, -1, -1)
         if resume is not None:
             checkpoint = resume
-        stored = _Stored(spec=spec, owner=owner, checkpoint=checkpoint, created_ms=_now_ms())
+        created = max(_now_ms(), self._deleted.get(key, 0) + 1)  # newer than a deletion
+        stored = _Stored(spec=spec, owner=owner, checkpoint=checkpoint, created_ms=created)
         self._subs[key] = stored
         self._dirty.discard(key)
         await self._write(self._db.put, key.encode(), encode(stored), self._sync)
+        self._share([key])
         log.info(
             "subscription_created",
             subscription=key,
@@ -552,13 +579,95 @@ class EventHub:
         key = f"{org}/{name}"
         if key not in self._subs:
             raise EventsError("not_found", f"no subscription {name!r} of {org} on this node")
-        del self._subs[key]
+        deleted_ms = max(_now_ms(), self._subs[key].created_ms)
+        await self._remove(key, deleted_ms)
+        self._share([key])
+        log.info("subscription_deleted", subscription=key)
+
+    async def _remove(self, key: str, deleted_ms: int) -> None:
+        """Forget a subscription, keeping when it was deleted."""
+        self._subs.pop(key, None)
+        self._dirty.discard(key)
         if (session := self._sessions.pop(key, None)) is not None:
             session.close(deleted=True)  # its consumer is told, and must not re-declare it
         if (task := self._workers.pop(key, None)) is not None:
             task.cancel()
-        await self._write(self._db.delete, key.encode(), self._sync)
-        log.info("subscription_deleted", subscription=key)
+        self._deleted[key] = deleted_ms
+        for old in sorted(self._deleted, key=self._deleted.__getitem__)[:-MAX_DELETED]:
+            del self._deleted[old]
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(key.encode())
+        batch.put(_DELETED + key.encode(), str(deleted_ms).encode())
+        await self._write(self._db.write, batch, self._sync)
+
+    # -- replication within the organization -----------------------------------------
+
+    def _share(self, keys: Iterable[str]) -> None:
+        """Send these subscriptions (or their deletions) to the organization's other
+        nodes."""
+        if self._replicate is None:
+            return
+        for key in keys:  # one per frame: a record with its dead letters can be large
+            self._replicate(SubscriptionReplica(entries=(self._entry(key),)))
+
+    def _entry(self, key: str) -> ReplicaEntry:
+        stored = self._subs.get(key)
+        if stored is None:
+            return ReplicaEntry(key=key, stored=b"", deleted_ms=self._deleted.get(key, 0))
+        return ReplicaEntry(key=key, stored=encode(stored))
+
+    def snapshot(self) -> tuple[SubscriptionReplica, ...]:
+        """Everything this node knows, for a node of the organization that (re)connects:
+        declarations and deletions made while it was down reach it. One replica per
+        subscription (a frame stays small)."""
+        keys = sorted({*self._subs, *self._deleted})
+        return tuple(SubscriptionReplica(entries=(self._entry(k),)) for k in keys)
+
+    async def merge(self, replica: SubscriptionReplica) -> int:
+        """Take what another node of the organization knows: a subscription new here, a
+        later checkpoint of the same one, a newer declaration of the same name, or a
+        deletion. Returns how many entries changed something. An entry of another
+        organization, or one that does not decode, is refused (logged)."""
+        changed = 0
+        for entry in replica.entries:
+            if not entry.key.startswith(self._org + "/") or self._org == "":
+                log.warning("subscription_replica_refused", key=entry.key[:80])
+                continue
+            key = entry.key
+            local = self._subs.get(key)
+            if not entry.stored:  # a deletion
+                if entry.deleted_ms > self._deleted.get(key, 0) and (
+                    local is None or local.created_ms <= entry.deleted_ms
+                ):
+                    await self._remove(key, entry.deleted_ms)
+                    changed += 1
+                continue
+            try:
+                theirs = decode_record(_Stored, entry.stored, max_size=len(entry.stored))
+                self._check_spec(theirs.spec)
+            except (DecodeError, EventsError) as exc:
+                log.warning("subscription_replica_refused", key=key[:80], error=str(exc))
+                continue
+            if theirs.created_ms <= self._deleted.get(key, 0):
+                continue  # declared before its deletion here
+            if local is not None and local.created_ms > theirs.created_ms:
+                continue  # ours is the newer declaration
+            if local is not None and local.created_ms == theirs.created_ms:
+                if tuple(theirs.checkpoint) <= tuple(local.checkpoint):
+                    continue  # nothing new: the same one, no further
+                theirs = replace(theirs, acked=max(theirs.acked, local.acked))
+            elif local is not None:  # a newer declaration of the same name replaces ours
+                if (session := self._sessions.pop(key, None)) is not None:
+                    session.close(deleted=True)
+                if (task := self._workers.pop(key, None)) is not None:
+                    task.cancel()
+            self._subs[key] = theirs
+            self._dirty.discard(key)
+            await self._write(self._db.put, key.encode(), encode(theirs), self._sync)
+            if theirs.spec.webhook_url:
+                self._start_worker(key)
+            changed += 1
+        return changed
 
     def _info(self, key: str) -> SubscriptionInfo:
         st = self._subs[key]
@@ -575,7 +684,7 @@ class EventHub:
             created_ms=st.created_ms,
             acked=st.acked,
             connected=key in self._sessions
-            or (key in self._workers and not self._workers[key].done()),
+            or (key in self._workers and not self._workers[key].done() and self._delivering()),
             dead_letters=st.dead_letters,
             failures=st.failures,
             last_error=st.last_error,
@@ -704,6 +813,11 @@ class EventHub:
         async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
             cursor: Position | None = None
             while not self._closing.is_set() and key in self._subs:
+                if not self._delivering():  # another node of the organization delivers;
+                    cursor = None  # its checkpoints reach us: we start from the last one
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), timeout=TURN_POLL_S)
+                    continue
                 try:
                     checkpoint = check_position(self._subs[key].checkpoint)
                     if cursor is None or cursor < checkpoint:
@@ -717,6 +831,8 @@ class EventHub:
                     for item in items:
                         if key not in self._subs or self._closing.is_set():
                             return
+                        if not self._delivering():
+                            break
                         await self._deliver(http, key, item)
                         cursor = item.position
                 except Exception as exc:  # the node's own trouble: wait, read again

@@ -166,6 +166,7 @@ from kyodo.wire import (
     EvaluateResponse,
     NodeStatus,
     ProofRequest,
+    SubscriptionReplica,
     TxResponse,
     TxStatusResponse,
 )
@@ -183,6 +184,10 @@ EXIT_REBUILD = 75
 """Exit status of a node that found its store's files damaged (start it again: it
 rebuilds from its peers)."""
 _RECENT_TXS = 100_000
+_TURN_GRACE_S = 3.0
+"""A node delivers its organization's webhooks once no live node of the organization
+comes before it (by node id): live means heard from within this (peers send their status
+every second), and a node just started first waits this long to hear from them."""
 PREVIOUS_SIGNING_KEY = "signing-previous.key"
 """Where a key rotation keeps the old key: a node restarted before it appended the
 rotation's configuration block still signs with it until then."""
@@ -269,6 +274,10 @@ class Node:
         while it is not empty the node is quarantined (module kyodo.node._integrity)."""
         self._quarantined_at = 0.0
         self._repairing = False
+        self._heard: dict[str, float] = {}
+        """When each peer was last heard from (monotonic s): who is live, for the turn to
+        deliver webhooks."""
+        self._started_s = time.monotonic()
         self._after_repair: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
         """Consensus work our own store's fault interrupted, by kind: the newest proposal
         to verify (the core waits for a verdict on that one only) and the certified block
@@ -405,6 +414,9 @@ class Node:
                 self.home / "events",
                 _HubLedger(self),
                 webhook_allowed_hosts=self.cfg.webhook_allowed_hosts,
+                org=self.cfg.org_id,
+                replicate=self._replicate_subscriptions,
+                delivering=self._webhook_turn,
             )
         )
         self.events.start()
@@ -1427,9 +1439,42 @@ class Node:
     # -- p2p -------------------------------------------------------------------------
 
     def _on_connected(self, peer: str) -> None:
+        self._heard[peer] = time.monotonic()
         self._apply(self.consensus.on_peer_connected(peer, now_ms()))
+        if peer in self._org_peers():  # what changed while it was away reaches it
+            for replica in self.events.snapshot():
+                self.p2p.send(peer, encode(replica))
+
+    def _org_peers(self) -> set[str]:
+        """The other nodes of this node's organization in the newest configuration."""
+        me, org = self.cfg.node_id, self.cfg.org_id
+        return {n.node_id for n in self.config.nodes if n.org_id == org and n.node_id != me}
+
+    def _replicate_subscriptions(self, replica: SubscriptionReplica) -> None:
+        """Subscriptions changed here, to the organization's other connected nodes (one
+        that is not connected gets them all when it connects: ``_on_connected``)."""
+        payload = encode(replica)
+        connected = set(self.p2p.connected())
+        for peer in sorted(self._org_peers() & connected):
+            self.p2p.send(peer, payload)
+
+    def _webhook_turn(self) -> bool:
+        """Whether this node delivers its organization's webhooks now: no node of the
+        organization before it (by node id) was heard from within ``_TURN_GRACE_S``.
+        Two nodes that cannot hear each other both deliver (at least once, with the
+        same idempotency keys); none is left without a deliverer."""
+        now = time.monotonic()
+        if now - self._started_s < _TURN_GRACE_S:
+            return False
+        me = self.cfg.node_id
+        return not any(
+            now - self._heard.get(peer, -_TURN_GRACE_S - now) < _TURN_GRACE_S
+            for peer in self._org_peers()
+            if peer < me
+        )
 
     def _on_frame(self, peer: str, payload: bytes) -> None:
+        self._heard[peer] = time.monotonic()
         try:
             message = decode(payload, max_size=self.cfg.max_frame_bytes)
         except DecodeError as exc:
@@ -1450,6 +1495,8 @@ class Node:
                 inbox.put_nowait(message)
         elif isinstance(message, (*BFT_MESSAGES, SyncResponse, StatusMessage)):
             self._apply(self.consensus.on_message(peer, message, now_ms()))
+        elif isinstance(message, SubscriptionReplica) and peer in self._org_peers():
+            self._spawn(self.events.merge(message))  # another org's node gets nothing
         else:
             self.metrics.messages_rejected.labels("unexpected").inc()
             log.warning(

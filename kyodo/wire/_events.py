@@ -246,3 +246,27 @@ class ContractList:
     documents as ``GET /v1/contracts``)."""
 
     contracts: tuple[Any, ...]
+
+
+@record(100)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaEntry:
+    """One subscription as a node keeps it, for the other nodes of its organization."""
+
+    key: str
+    """``<org>/<name>``."""
+    stored: bytes
+    """The node's stored record of it (checkpoint included); empty once deleted."""
+    deleted_ms: int = 0
+    """When it was deleted (``stored`` empty), to tell a deletion from a newer
+    declaration of the same name."""
+
+
+@record(99)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionReplica:
+    """Subscriptions changed on a node (declared, acknowledged, deleted), sent over p2p to
+    the other nodes of its organization only: any of them serves the consumer, and
+    delivers the webhooks, when that node is down."""
+
+    entries: tuple[ReplicaEntry, ...]

@@ -1,0 +1,160 @@
+"""A subscription belongs to its organization, not to one node (real processes).
+
+Two organizations of two validators each. A subscription declared on one node of org1
+reaches the other, with its checkpoint; a deletion too, and a node that was down when
+it happened learns it when it comes back. Webhooks are delivered by the first live node
+of the organization: when it dies, the other takes over from the last checkpoint it
+heard of, and every event reaches the receiver (a repeat has the same idempotency key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kyodo.cli._network import LocalNetwork, NodeEntry
+from kyodo.client import NotFound, Subscription, Unavailable
+from tests.integration.conftest import start_network, stop_network, wait_until
+from tests.integration.test_event_delivery import Receiver
+
+
+@pytest.fixture(scope="module")
+def pair_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    net = start_network(
+        tmp_path_factory.mktemp("net") / "kyodo-network",
+        orgs=2,
+        validators_per_org=2,
+        allow_fragile_topology=True,
+    )
+    try:
+        yield net
+    finally:
+        stop_network(net)
+
+
+def org1_nodes(net: LocalNetwork) -> tuple[NodeEntry, NodeEntry]:
+    first, second = sorted((n for n in net.nodes if n.org_id == "org1"), key=lambda n: n.node_id)
+    return first, second
+
+
+def subscription_on(net: LocalNetwork, node: NodeEntry, name: str) -> Any:
+    """The subscription as ``node`` knows it, or None (Unavailable while it starts)."""
+    try:
+        with net.gateway("org1", node=node, retries=0, timeout_s=5) as gw:
+            return gw.network().subscription(name)
+    except NotFound:
+        return None
+
+
+def gone_from(net: LocalNetwork, node: NodeEntry, name: str) -> bool:
+    """``node`` answers, and knows no subscription ``name``."""
+    try:
+        return subscription_on(net, node, name) is None
+    except Unavailable:
+        return False
+
+
+def create_accounts(net: LocalNetwork, prefix: str, n: int) -> list[str]:
+    names = [f"{prefix}-{i}" for i in range(n)]
+    with net.gateway("org2") as gw:
+        for name in names:
+            gw.contract("asset_transfer").submit("create_account", name)
+    return names
+
+
+def test_a_declaration_its_checkpoint_and_its_deletion_reach_the_other_node(
+    pair_network: LocalNetwork,
+) -> None:
+    net = pair_network
+    first, second = org1_nodes(net)
+    sub = Subscription(name="shared", contracts=("asset_transfer",), names=("AccountCreated",))
+    with net.gateway("org1", node=second) as gw:
+        network = gw.network()
+        network.subscribe(sub)
+        create_accounts(net, "shared", 3)
+        with network.events(sub) as stream:
+            events = iter(stream)  # kept: a dropped iterator closes the stream
+            got = [next(events) for _ in range(3)]
+            got[-1].ack()
+    on_first = wait_until(
+        lambda: (
+            (s := subscription_on(net, first, "shared")) is not None
+            and tuple(s.checkpoint) == tuple(got[-1].position)
+            and s
+        ),
+        timeout_s=15,
+        what="the declaration and its checkpoint on the other node",
+    )
+    assert on_first.acked == 3
+    # the other node serves the same consumer from where it stopped
+    create_accounts(net, "shared-after", 1)
+    with net.gateway("org1", node=first) as gw, gw.network().events(sub) as stream:
+        assert next(iter(stream)).payload["account"] == "shared-after-0"
+    # a deletion made while a node is down reaches it when it comes back
+    assert net.stop(first)
+    with net.gateway("org1", node=second) as gw:
+        gw.network().unsubscribe("shared")
+    net.start(first)
+    wait_until(
+        lambda: gone_from(net, first, "shared"),
+        timeout_s=30,
+        what="the node that was down to learn of the deletion",
+    )
+    # and a node that was down does not bring the deleted one back to the other
+    assert subscription_on(net, second, "shared") is None
+
+
+def test_webhooks_are_delivered_by_the_next_node_when_the_first_dies(
+    pair_network: LocalNetwork,
+) -> None:
+    net = pair_network
+    first, second = org1_nodes(net)
+    receiver = Receiver(b"f" * 32)
+    try:
+        sub = Subscription(
+            name="failover-hook",
+            contracts=("asset_transfer",),
+            names=("AccountCreated",),
+            webhook_url=receiver.url,
+            webhook_secret=receiver.secret,
+        )
+        with net.gateway("org1", node=second) as gw:  # declared on the second node
+            gw.network().subscribe(sub)
+        before = create_accounts(net, "hook-before", 3)
+
+        def accounts() -> set[str]:
+            return {r["payload"]["account"] for r in list(receiver.received)}
+
+        wait_until(lambda: set(before) <= accounts(), timeout_s=30, what="delivery")
+        # the first node of the organization delivers while it is up
+        info = wait_until(
+            lambda: (
+                (s := subscription_on(net, first, "failover-hook")) is not None
+                and s.connected
+                and s
+            ),
+            timeout_s=15,
+            what="the first node to deliver",
+        )
+        assert info.acked >= 3
+        assert not subscription_on(net, second, "failover-hook").connected
+        assert net.stop(first, kill=True)
+        during = create_accounts(net, "hook-during", 3)
+        wait_until(
+            lambda: set(during) <= accounts(), timeout_s=60, what="delivery by the second node"
+        )
+        assert subscription_on(net, second, "failover-hook").connected
+        net.start(first)
+        after = create_accounts(net, "hook-after", 3)
+        wait_until(lambda: set(after) <= accounts(), timeout_s=60, what="delivery after return")
+        keys = [r["idempotency_key"] for r in receiver.received]
+        by_key: dict[str, set[str]] = {}
+        for r in receiver.received:
+            by_key.setdefault(r["idempotency_key"], set()).add(r["payload"]["account"])
+        assert all(len(v) == 1 for v in by_key.values()), "a key names one event"
+        assert len(set(keys)) == len(before) + len(during) + len(after)
+        assert receiver.bad_signatures == 0
+    finally:
+        receiver.close()
