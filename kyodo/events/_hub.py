@@ -107,6 +107,11 @@ MAX_STREAMS = 256
 MAX_DELETED = 4096
 """Deletions remembered (the newest), against replicas from before them."""
 TURN_POLL_S = 1.0
+TAKEOVER_S = 60.0
+"""A node whose turn it is not delivers a webhook anyway when the one whose turn it is
+sent nothing of it for this long while items wait (it refused the declaration, say). The
+deliverer reports each attempt, and waits at most MAX_WEBHOOK_BACKOFF_S plus a timeout
+between two."""
 """How often a webhook worker whose node does not deliver checks whether its turn came."""
 _DELETED = b"~deleted/"
 """Key prefix of remembered deletions in the table (an organization id has no ``~``)."""
@@ -328,6 +333,18 @@ class EventHub:
         self._org = org
         self._replicate = replicate
         self._delivering = delivering
+        self._table = asyncio.Lock()
+        """Declarations, deletions and merges, one at a time (each awaits its write)."""
+        self._heard_at: dict[str, float] = {}
+        """When another node last sent news of a subscription (monotonic s)."""
+        self._waiting_since: dict[str, float] = {}
+        """Since when items of a subscription this node does not deliver have waited."""
+        self._took_over: set[str] = set()
+        """Webhooks this node delivers out of turn (``_stalled``)."""
+        self._ahead: dict[str, ReplicaEntry] = {}
+        """The newest replica of each subscription whose checkpoint is beyond this node's
+        tip (it is catching up): merged when the tip gets there."""
+        self._merging_ahead = False
         self._subs: dict[str, _Stored] = {}
         self._deleted: dict[str, int] = {}
         """Deleted subscriptions and when (ms): a replica from before a deletion, from a
@@ -403,8 +420,23 @@ class EventHub:
 
     def notify(self, height: int) -> None:
         """A block was committed (event loop): wake the waiting sessions and workers."""
+        if self._ahead and not self._merging_ahead:  # first, so that a worker woken
+            self._merging_ahead = True  # below already reads the checkpoint it brings
+            asyncio.get_running_loop().create_task(self._merge_ahead())
         self._tip_event.set()
         self._tip_event = asyncio.Event()
+
+    async def _merge_ahead(self) -> None:
+        """Replicas whose checkpoint was beyond this node's tip, now that it grew."""
+        try:
+            due = [e for e in self._ahead.values() if _reached(e, self.ledger.tip())]
+            for entry in due:
+                if self._ahead.get(entry.key) is entry:
+                    del self._ahead[entry.key]
+            if due:
+                await self.merge(SubscriptionReplica(entries=tuple(due)))
+        finally:
+            self._merging_ahead = False
 
     async def wait_for_height(
         self, height: int, timeout_s: float, cancel: asyncio.Event | None = None
@@ -467,6 +499,10 @@ class EventHub:
         its organization); a new subscription starts after it instead of at ``start``,
         an existing one moves up to it if it is later.
         """
+        async with self._table:
+            return await self._declare(spec, owner, after)
+
+    async def _declare(self, spec: SubscriptionSpec, owner: str, after: Any) -> SubscriptionInfo:
         resume = self._resume_position(after)
         org = owner.split("/", 1)[0]
         self._check_spec(spec)
@@ -528,12 +564,7 @@ class EventHub:
         return position
 
     def _check_spec(self, spec: SubscriptionSpec) -> None:
-        name = spec.name
-        if not (
-            0 < len(name) <= MAX_NAME
-            and all(c.isalnum() or c in "-_." for c in name)
-            and name.isascii()
-        ):
+        if not _valid_name(spec.name):
             raise EventsError(
                 "invalid", f"a subscription name is 1 to {MAX_NAME} of A-Z a-z 0-9 - _ ."
             )
@@ -576,6 +607,10 @@ class EventHub:
 
     async def delete(self, name: str, org: str) -> None:
         """Remove a subscription: its session ends, its worker stops."""
+        async with self._table:
+            await self._delete(name, org)
+
+    async def _delete(self, name: str, org: str) -> None:
         key = f"{org}/{name}"
         if key not in self._subs:
             raise EventsError("not_found", f"no subscription {name!r} of {org} on this node")
@@ -588,16 +623,20 @@ class EventHub:
         """Forget a subscription, keeping when it was deleted."""
         self._subs.pop(key, None)
         self._dirty.discard(key)
+        self._heard_at.pop(key, None)
+        self._waiting_since.pop(key, None)
+        self._took_over.discard(key)
         if (session := self._sessions.pop(key, None)) is not None:
             session.close(deleted=True)  # its consumer is told, and must not re-declare it
         if (task := self._workers.pop(key, None)) is not None:
             task.cancel()
         self._deleted[key] = deleted_ms
-        for old in sorted(self._deleted, key=self._deleted.__getitem__)[:-MAX_DELETED]:
-            del self._deleted[old]
         batch = WriteBatch(raw_mode=True)
         batch.delete(key.encode())
         batch.put(_DELETED + key.encode(), str(deleted_ms).encode())
+        for old in sorted(self._deleted, key=self._deleted.__getitem__)[:-MAX_DELETED]:
+            del self._deleted[old]  # the oldest go, on disk too
+            batch.delete(_DELETED + old.encode())
         await self._write(self._db.write, batch, self._sync)
 
     # -- replication within the organization -----------------------------------------
@@ -627,14 +666,24 @@ class EventHub:
         """Take what another node of the organization knows: a subscription new here, a
         later checkpoint of the same one, a newer declaration of the same name, or a
         deletion. Returns how many entries changed something. An entry of another
-        organization, or one that does not decode, is refused (logged)."""
+        organization, or one this node would not accept from a member (a name that is
+        not its key, an owner of another organization, a checkpoint that is not a
+        position here, a declaration it refuses, one too many), is refused (logged)."""
+        async with self._table:
+            return await self._merge(replica)
+
+    async def _merge(self, replica: SubscriptionReplica) -> int:
         changed = 0
         for entry in replica.entries:
-            if not entry.key.startswith(self._org + "/") or self._org == "":
-                log.warning("subscription_replica_refused", key=entry.key[:80])
-                continue
             key = entry.key
+            org, _, name = key.partition("/")
+            if not self._org or org != self._org or not _valid_name(name):
+                log.warning("subscription_replica_refused", key=key[:80], error="key")
+                continue
             local = self._subs.get(key)
+            if local is not None and local.created_ms == _created(entry.stored):
+                self._heard_at[key] = time.monotonic()  # the deliverer is at work: a
+                self._took_over.discard(key)  # node that took it over hands it back
             if not entry.stored:  # a deletion
                 if entry.deleted_ms > self._deleted.get(key, 0) and (
                     local is None or local.created_ms <= entry.deleted_ms
@@ -645,8 +694,15 @@ class EventHub:
             try:
                 theirs = decode_record(_Stored, entry.stored, max_size=len(entry.stored))
                 self._check_spec(theirs.spec)
-            except (DecodeError, EventsError) as exc:
+                if theirs.spec.name != name or not theirs.owner.startswith(org + "/"):
+                    raise EventsError("invalid", "the record is not the key's")
+                position = check_position(tuple(theirs.checkpoint))
+            except (DecodeError, EventsError, TypeError, ValueError) as exc:
                 log.warning("subscription_replica_refused", key=key[:80], error=str(exc))
+                continue
+            if position > (self.ledger.tip() + 1, -1, -1):  # beyond what this node holds:
+                if key in self._ahead or len(self._ahead) < MAX_SUBSCRIPTIONS_PER_ORG:
+                    self._ahead[key] = entry  # it is catching up; taken when it gets there
                 continue
             if theirs.created_ms <= self._deleted.get(key, 0):
                 continue  # declared before its deletion here
@@ -661,8 +717,14 @@ class EventHub:
                     session.close(deleted=True)
                 if (task := self._workers.pop(key, None)) is not None:
                     task.cancel()
+            elif sum(1 for k in self._subs if k.startswith(org + "/")) >= (
+                MAX_SUBSCRIPTIONS_PER_ORG
+            ):
+                log.warning("subscription_replica_refused", key=key[:80], error="limit")
+                continue
             self._subs[key] = theirs
             self._dirty.discard(key)
+            self._heard_at[key] = time.monotonic()
             await self._write(self._db.put, key.encode(), encode(theirs), self._sync)
             if theirs.spec.webhook_url:
                 self._start_worker(key)
@@ -801,8 +863,33 @@ class EventHub:
     # -- webhooks ----------------------------------------------------------------------
 
     def _start_worker(self, key: str) -> None:
-        if key not in self._workers:
+        if key not in self._subs:
+            return
+        task = self._workers.get(key)
+        if task is None or task.done():
             self._workers[key] = asyncio.get_running_loop().create_task(self._webhook(key))
+
+    def _my_turn(self, key: str) -> bool:
+        """Whether this node delivers ``key`` now: its turn in the organization came, or
+        it took the subscription over (``_stalled``)."""
+        return self._delivering() or key in self._took_over
+
+    async def _stalled(self, key: str) -> bool:
+        """Whether items of ``key`` have waited TAKEOVER_S with no news of it from the
+        node whose turn it is (that node refused the declaration, or is stuck): this
+        node then delivers it until news comes again."""
+        stored = self._subs[key]
+        items, _ = await self.read_items(stored.spec.filter, check_position(stored.checkpoint), 1)
+        if not items:
+            self._waiting_since.pop(key, None)
+            return False
+        now = time.monotonic()
+        since = max(self._waiting_since.setdefault(key, now), self._heard_at.get(key, 0.0))
+        if now - since <= TAKEOVER_S:
+            return False
+        self._took_over.add(key)
+        log.warning("webhook_taken_over", subscription=key, idle_s=round(now - since, 1))
+        return True
 
     async def _webhook(self, key: str) -> None:
         """Deliver a webhook subscription's items in order, for as long as it exists. A
@@ -813,12 +900,12 @@ class EventHub:
         async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as http:
             cursor: Position | None = None
             while not self._closing.is_set() and key in self._subs:
-                if not self._delivering():  # another node of the organization delivers;
-                    cursor = None  # its checkpoints reach us: we start from the last one
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closing.wait(), timeout=TURN_POLL_S)
-                    continue
                 try:
+                    if not self._my_turn(key) and not await self._stalled(key):
+                        cursor = None  # another node of the organization delivers; its
+                        with contextlib.suppress(TimeoutError):  # checkpoints reach us
+                            await asyncio.wait_for(self._closing.wait(), timeout=TURN_POLL_S)
+                        continue
                     checkpoint = check_position(self._subs[key].checkpoint)
                     if cursor is None or cursor < checkpoint:
                         cursor = checkpoint
@@ -831,7 +918,7 @@ class EventHub:
                     for item in items:
                         if key not in self._subs or self._closing.is_set():
                             return
-                        if not self._delivering():
+                        if not self._my_turn(key):
                             break
                         await self._deliver(http, key, item)
                         cursor = item.position
@@ -900,8 +987,9 @@ class EventHub:
                     url, content=body, headers=headers, extensions=extensions
                 )
                 if 200 <= response.status_code < 300:
-                    if (stored := self._subs.get(key)) is not None:
-                        self._advance(
+                    stored = self._subs.get(key)
+                    if stored is not None and item.position > tuple(stored.checkpoint):
+                        self._advance(  # (another node may have gone further meanwhile)
                             key,
                             replace(
                                 stored,
@@ -928,8 +1016,10 @@ class EventHub:
                 error=error,
             )
             stored = self._subs.get(key)
-            if stored is None:
-                return
+            if stored is None or item.position <= tuple(stored.checkpoint):
+                return  # gone, or delivered by another node of the organization meanwhile
+            if not self._my_turn(key):
+                return  # the turn passed: the node that has it takes the item over
             if attempt >= spec.max_attempts:
                 letters = (
                     *stored.dead_letters,
@@ -969,6 +1059,33 @@ def _unroutable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Addresses a webhook never goes to, whatever the allowlist: link-local (cloud
     metadata services), multicast, unspecified, reserved."""
     return ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved
+
+
+def _valid_name(name: str) -> bool:
+    """1 to MAX_NAME of A-Z a-z 0-9 - _ ."""
+    return (
+        0 < len(name) <= MAX_NAME
+        and name.isascii()
+        and all(c.isalnum() or c in "-_." for c in name)
+    )
+
+
+def _reached(entry: ReplicaEntry, tip: int) -> bool:
+    """Whether the checkpoint an entry carries is within ``tip`` (or it does not decode:
+    merge refuses it then)."""
+    try:
+        stored = decode_record(_Stored, entry.stored, max_size=len(entry.stored))
+        return tuple(stored.checkpoint) <= (tip + 1, -1, -1)
+    except (DecodeError, TypeError):
+        return True
+
+
+def _created(stored: bytes) -> int | None:
+    """``created_ms`` of an encoded stored subscription, or None."""
+    try:
+        return decode_record(_Stored, stored, max_size=len(stored)).created_ms
+    except DecodeError:
+        return None
 
 
 def _comparable(spec: SubscriptionSpec) -> SubscriptionSpec:

@@ -446,8 +446,8 @@ class Node:
         await self.gateway.stop(0.5)
         if self.rest is not None:
             await self.rest.stop()
+        await self.events.close()  # its last checkpoints still reach the organization
         await self.p2p.stop()
-        await self.events.close()
         await self._in_ledger(self.audit.close)
         await self._in_ledger(self.store.close)
         self._ledger_thread.shutdown()
@@ -929,6 +929,7 @@ class Node:
             max_frame_bytes=self.cfg.max_frame_bytes,
         )
         await self.p2p.start()
+        self._started_s = time.monotonic()  # the grace before a webhook turn starts now
         key_pem = self._tls_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -1464,9 +1465,9 @@ class Node:
         Two nodes that cannot hear each other both deliver (at least once, with the
         same idempotency keys); none is left without a deliverer."""
         now = time.monotonic()
-        if now - self._started_s < _TURN_GRACE_S:
-            return False
         me = self.cfg.node_id
+        if now - self._started_s < _TURN_GRACE_S or self.config.node(me) is None:
+            return False  # not heard from the others yet; or removed from the network
         return not any(
             now - self._heard.get(peer, -_TURN_GRACE_S - now) < _TURN_GRACE_S
             for peer in self._org_peers()
