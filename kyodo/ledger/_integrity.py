@@ -192,16 +192,22 @@ def split_history_key(history_key: bytes) -> tuple[bytes, int, int]:
     return history_key[:-13], height, index
 
 
-def iter_history_keys(store: LedgerStore) -> Iterator[bytes]:
-    """Each state key that has history, once, in order."""
-    last = None
+def _history_locations(store: LedgerStore) -> Iterator[tuple[bytes, int, int]]:
+    """(state key, height, tx index) of every history entry, in key order; a malformed
+    index key is a ``history`` fault."""
     for history_key, _ in store.iter_raw("history"):
         try:
-            state_key, _, _ = split_history_key(history_key)
+            yield split_history_key(history_key)
         except ValueError:
             raise _fault(
                 "history", f"malformed index key {history_key!r}", key=history_key
             ) from None
+
+
+def iter_history_keys(store: LedgerStore) -> Iterator[bytes]:
+    """Each state key that has history, once, in order."""
+    last = None
+    for state_key, _, _ in _history_locations(store):
         if state_key != last:
             last = state_key
             yield state_key
@@ -234,15 +240,7 @@ def check_writes_index(
         listed += len(order)
         if tick is not None and height % 64 == 63:
             tick()
-    held = 0
-    for history_key, _ in store.iter_raw("history"):
-        try:
-            _, height, _ = split_history_key(history_key)
-        except ValueError:
-            raise _fault(
-                "history", f"malformed index key {history_key!r}", key=history_key
-            ) from None
-        held += height <= tip
+    held = sum(1 for _, height, _ in _history_locations(store) if height <= tip)
     if held != listed:
         raise _fault(
             "writes", f"the index lists {listed} writes up to {tip}; the history holds {held}"

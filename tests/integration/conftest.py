@@ -96,3 +96,19 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         yield net
     finally:
         stop_network(net)
+
+
+@pytest.fixture(scope="module")
+def pair_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    """Two organizations of two validators each (org1 has two nodes to fail over to),
+    shared by the tests of one module."""
+    net = start_network(
+        tmp_path_factory.mktemp("net") / "kyodo-network",
+        orgs=2,
+        validators_per_org=2,
+        allow_fragile_topology=True,
+    )
+    try:
+        yield net
+    finally:
+        stop_network(net)

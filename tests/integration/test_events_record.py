@@ -15,32 +15,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from kyodo.cli._network import LocalNetwork
 from kyodo.client import Subscription
-from tests.integration.conftest import start_network, statuses, stop_network, wait_until
+from tests.integration.conftest import statuses, wait_until
 
 SUBSCRIPTION = "record"
-
-
-@pytest.fixture(scope="module")
-def pair_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    """Two organizations of two validators each: org1 has two nodes to fail over to."""
-    net = start_network(
-        tmp_path_factory.mktemp("net") / "kyodo-network",
-        orgs=2,
-        validators_per_org=2,
-        allow_fragile_topology=True,
-    )
-    try:
-        yield net
-    finally:
-        stop_network(net)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

@@ -9,30 +9,13 @@ heard of, and every event reaches the receiver (a repeat has the same idempotenc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import pytest
-
 from kyodo.cli._network import LocalNetwork, NodeEntry
 from kyodo.client import NotFound, Subscription, Unavailable
-from tests.integration.conftest import start_network, stop_network, wait_until
+from tests.integration.conftest import wait_until
 from tests.integration.test_event_delivery import Receiver
-
-
-@pytest.fixture(scope="module")
-def pair_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    net = start_network(
-        tmp_path_factory.mktemp("net") / "kyodo-network",
-        orgs=2,
-        validators_per_org=2,
-        allow_fragile_topology=True,
-    )
-    try:
-        yield net
-    finally:
-        stop_network(net)
 
 
 def org1_nodes(net: LocalNetwork) -> tuple[NodeEntry, NodeEntry]:
