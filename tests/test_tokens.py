@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -151,3 +152,47 @@ def test_forged_altered_and_foreign_tokens_are_refused():
     )
     forged = login(impostor, cert, signer)
     assert reason(svc.verify, forged, context(), now_ms()) == "token_invalid"
+
+
+def test_a_logout_reaches_the_organizations_other_gateways(tmp_path: Path) -> None:
+    """A token is accepted by every gateway of its organization, so its logout must be
+    too: ``on_revoke`` hands it to the node, which sends it to the other nodes, whose
+    gateways ``deny`` it; one that restarts is sent ``denied()`` again."""
+    cert, signer = member(Role.CLIENT)
+    sent: list[tuple[bytes, int]] = []
+    issuer = service()
+    issuer._on_revoke = lambda token_id, expires: sent.append((token_id, expires))
+    other = service(node_id="org1-node1")
+    at = now_ms()
+    token = login(issuer, cert, signer, at)
+    claims, _ = other.verify(token, context(), at)  # accepted by the other gateway
+    issuer.revoke(claims, at)
+    assert sent == [(claims.token_id, claims.expires_ms)]
+    for token_id, expires in sent:
+        assert other.deny(token_id, expires, at)
+    assert reason(other.verify, token, context(), at) == "token_revoked"
+    restarted = service(node_id="org1-node1")
+    for token_id, expires in other.denied(at):
+        restarted.deny(token_id, expires, at)
+    assert reason(restarted.verify, token, context(), at) == "token_revoked"
+    # what is not a token's revocation is not kept
+    assert not other.deny(b"short", at + 1000, at)
+    assert not other.deny(b"x" * 16, at - 1, at)  # already expired
+    assert not other.deny(b"x" * 16, at + 10 * 24 * 3600 * 1000, at)  # no token lives so long
+    assert len(other.denied(at)) == 1
+    # a gateway keeps what it denied across its own restart (peers may all be down)
+    kept = TokenService(
+        chain_id=CHAIN,
+        node_id="org1-node1",
+        org_id="org1",
+        signer=lambda: Ed25519Signer(NODE_KEY),
+        node_key=lambda node, org: None,
+        ttl_ms=60_000,
+        denied_file=tmp_path / "tokens-denied",
+    )
+    kept.deny(claims.token_id, claims.expires_ms, at)
+    kept.deny(b"y" * 16, now_ms() + 1, now_ms())  # expires at once: not kept across
+    again = service(node_id="org1-node1")
+    again._load_denied(tmp_path / "tokens-denied")
+    assert reason(again.verify, token, context(), at) == "token_revoked"
+    assert (tmp_path / "tokens-denied").read_text().count("\n") <= 2

@@ -21,7 +21,9 @@ network configuration, so a client can fail over between its organization's
 nodes without logging in again. On every use the certificate inside is
 validated again against the configuration in force, so revoking the user (or
 their certificate expiring) ends the token's use at once. Logging out adds the
-token's id to the issuing gateway's deny list until the token expires anyway.
+token's id to the gateway's deny list until the token expires anyway, and the node
+sends it to the other nodes of its organization (``on_revoke``, ``deny``): a logout
+holds at every gateway that accepts the token.
 
 Why written here: JWT libraries would bring a second encoding and algorithm
 negotiation (``alg``) to get wrong; our claims are a canonical record signed with
@@ -32,11 +34,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kyodo.codec import DecodeError, decode_record, encode, record
 from kyodo.crypto import ED25519, CryptoError, Signer, verify_signature
@@ -57,6 +62,10 @@ CHALLENGE_TTL_MS = 60_000
 TOKEN_PREFIX = "kyt1."  # noqa: S105 - a format marker, not a secret
 MAX_TOKEN_CHARS = 16_384
 MAX_OPEN_CHALLENGES = 10_000
+MAX_DENIED = 100_000
+"""Logged-out tokens remembered; when full, the one closest to expiry goes first."""
+MAX_TOKEN_TTL_MS = 24 * 3600 * 1000
+"""No token lives longer: a revocation further out than this is not one of ours."""
 
 
 @record(73)
@@ -120,7 +129,12 @@ class TokenService:
         signer: Callable[[], Signer],
         node_key: Callable[[str, str], bytes | None],
         ttl_ms: int,
+        on_revoke: Callable[[bytes, int], None] | None = None,
+        denied_file: Path | None = None,
     ) -> None:
+        """``on_revoke(token_id, expires_ms)``: a token was logged out here (the node
+        tells the other nodes of the organization). ``denied_file``: where the denied
+        tokens are kept across a restart (one ``<hex id> <expires ms>`` line each)."""
         self._chain_id = chain_id
         self._node_id = node_id
         self._org_id = org_id
@@ -131,6 +145,11 @@ class TokenService:
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._denied: dict[bytes, int] = {}
         self._lock = threading.Lock()
+        self._on_revoke = on_revoke
+        self._inserts = 0
+        self._denied_file = denied_file
+        if denied_file is not None:
+            self._load_denied(denied_file)
 
     def challenge(self, certificate: bytes, context: AuthContext, now_ms: int) -> tuple[bytes, int]:
         """A fresh challenge for the member ``certificate`` names, and when it expires."""
@@ -210,12 +229,63 @@ class TokenService:
         return claims, _member_of(claims.certificate, context, self._org_id, now_ms)
 
     def revoke(self, claims: TokenClaims, now_ms: int) -> None:
-        """Deny the token from now until it expires (logout)."""
+        """Deny the token from now until it expires (logout), here and, through
+        ``on_revoke``, at the organization's other gateways."""
+        self.deny(claims.token_id, claims.expires_ms, now_ms)
+        if self._on_revoke is not None:
+            self._on_revoke(claims.token_id, claims.expires_ms)
+
+    def deny(self, token_id: bytes, expires_ms: int, now_ms: int, *, keep: bool = True) -> bool:
+        """Deny a token logged out here or at another gateway of the organization until
+        ``expires_ms``; False (nothing kept) for an id that is not a token's, or a time
+        past or further out than any token lives. ``keep``: written to the denied file."""
+        if len(token_id) != 16 or not now_ms < expires_ms <= now_ms + MAX_TOKEN_TTL_MS:
+            return False
         with self._lock:
-            for token_id, expires in list(self._denied.items()):
-                if expires <= now_ms:
-                    del self._denied[token_id]
-            self._denied[claims.token_id] = claims.expires_ms
+            self._inserts += 1
+            if self._inserts % 256 == 0 or len(self._denied) >= MAX_DENIED:
+                for denied_id, expires in list(self._denied.items()):  # amortised
+                    if expires <= now_ms:
+                        del self._denied[denied_id]
+                if keep:
+                    self._rewrite_denied()
+            if token_id not in self._denied and len(self._denied) >= MAX_DENIED:
+                del self._denied[min(self._denied, key=self._denied.__getitem__)]
+            new = token_id not in self._denied
+            self._denied[token_id] = expires_ms
+            if new and keep and self._denied_file is not None:
+                with self._denied_file.open("a") as out:  # a restart keeps it denied
+                    out.write(f"{token_id.hex()} {expires_ms}\n")
+        return True
+
+    def _load_denied(self, path: Path) -> None:
+        """The tokens denied before a restart that have not expired; the file is written
+        again with those only."""
+        now = int(time.time() * 1000)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                token_hex, expires = line.split()
+                self.deny(bytes.fromhex(token_hex), int(expires), now, keep=False)
+        self._rewrite_denied()
+
+    def _rewrite_denied(self) -> None:
+        """The file again with the tokens denied now only (expired ones leave it)."""
+        if self._denied_file is None:
+            return
+        kept = "".join(f"{t.hex()} {e}\n" for t, e in self._denied.items())
+        tmp = self._denied_file.with_name(self._denied_file.name + ".tmp")
+        tmp.write_text(kept)
+        os.replace(tmp, self._denied_file)
+
+    def denied(self, now_ms: int) -> list[tuple[bytes, int]]:
+        """The tokens denied now, with their expiry (for a node of the organization
+        that connects: it may have restarted and forgotten them)."""
+        with self._lock:
+            return [(t, e) for t, e in self._denied.items() if e > now_ms]
 
     def _parts(self, token: str) -> tuple[bytes, bytes]:
         if len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):

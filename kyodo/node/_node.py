@@ -166,7 +166,9 @@ from kyodo.wire import (
     EvaluateResponse,
     NodeStatus,
     ProofRequest,
+    RevokedToken,
     SubscriptionReplica,
+    TokenRevocations,
     TxResponse,
     TxStatusResponse,
 )
@@ -274,6 +276,8 @@ class Node:
         while it is not empty the node is quarantined (module kyodo.node._integrity)."""
         self._quarantined_at = 0.0
         self._repairing = False
+        self.tokens: TokenService | None = None
+        """The REST gateway's tokens (None without REST)."""
         self._heard: dict[str, float] = {}
         """When each peer was last heard from (monotonic s): who is live, for the turn to
         deliver webhooks."""
@@ -955,7 +959,16 @@ class Node:
                 signer=lambda: self._signer,  # the key in force (rotation swaps it)
                 node_key=self._node_key_of_org,
                 ttl_ms=self.cfg.token_ttl_s * 1000,
+                denied_file=self.home / "tokens-denied",
+                on_revoke=lambda token_id, expires_ms: self._send_to_org(
+                    encode(
+                        TokenRevocations(
+                            tokens=(RevokedToken(token_id=token_id, expires_ms=expires_ms),)
+                        )
+                    )
+                ),
             )
+            self.tokens = tokens
             self.rest = RestGateway(
                 create_app(self, tokens, audit=self.audit, limiter=self.limiter),
                 host=self.cfg.listen_host,
@@ -1445,6 +1458,12 @@ class Node:
         if peer in self._org_peers():  # what changed while it was away reaches it
             for replica in self.events.snapshot():
                 self.p2p.send(peer, encode(replica))
+            denied = [] if self.tokens is None else self.tokens.denied(now_ms())
+            for i in range(0, len(denied), 1000):
+                chunk = tuple(
+                    RevokedToken(token_id=t, expires_ms=e) for t, e in denied[i : i + 1000]
+                )
+                self.p2p.send(peer, encode(TokenRevocations(tokens=chunk)))
 
     def _org_peers(self) -> set[str]:
         """The other nodes of this node's organization in the newest configuration."""
@@ -1454,7 +1473,10 @@ class Node:
     def _replicate_subscriptions(self, replica: SubscriptionReplica) -> None:
         """Subscriptions changed here, to the organization's other connected nodes (one
         that is not connected gets them all when it connects: ``_on_connected``)."""
-        payload = encode(replica)
+        self._send_to_org(encode(replica))
+
+    def _send_to_org(self, payload: bytes) -> None:
+        """A frame to the organization's other connected nodes."""
         connected = set(self.p2p.connected())
         for peer in sorted(self._org_peers() & connected):
             self.p2p.send(peer, payload)
@@ -1498,6 +1520,11 @@ class Node:
             self._apply(self.consensus.on_message(peer, message, now_ms()))
         elif isinstance(message, SubscriptionReplica) and peer in self._org_peers():
             self._spawn(self.events.merge(message))  # another org's node gets nothing
+        elif isinstance(message, TokenRevocations) and peer in self._org_peers():
+            if self.tokens is not None:  # tokens logged out at another of our gateways
+                now = now_ms()
+                for token in message.tokens:
+                    self.tokens.deny(token.token_id, token.expires_ms, now)
         else:
             self.metrics.messages_rejected.labels("unexpected").inc()
             log.warning(

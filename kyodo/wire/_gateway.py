@@ -274,3 +274,21 @@ class AuditExportResponse:
     document: bytes
     node_id: str
     signing_cert: bytes
+
+
+@record(102)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevokedToken:
+    """A REST access token logged out, until it expires anyway."""
+
+    token_id: bytes
+    expires_ms: int
+
+
+@record(101)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRevocations:
+    """Tokens logged out at one gateway, sent over p2p to the other nodes of its
+    organization, whose gateways accept the same tokens: a logout holds everywhere."""
+
+    tokens: tuple[RevokedToken, ...]

@@ -1,10 +1,13 @@
-"""A subscription belongs to its organization, not to one node (real processes).
+"""A subscription, and a logout, belong to the organization, not to one node (real
+processes).
 
 Two organizations of two validators each. A subscription declared on one node of org1
 reaches the other, with its checkpoint; a deletion too, and a node that was down when
 it happened learns it when it comes back. Webhooks are delivered by the first live node
 of the organization: when it dies, the other takes over from the last checkpoint it
 heard of, and every event reaches the receiver (a repeat has the same idempotency key).
+A REST token is accepted by every gateway of its organization; logged out at one, it is
+refused at the others, also by one that restarts.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from kyodo.cli._network import LocalNetwork, NodeEntry
-from kyodo.client import NotFound, Subscription, Unavailable
+from kyodo.client import NotFound, Subscription, Unauthenticated, Unavailable, rest_call, rest_login
 from tests.integration.conftest import wait_until
 from tests.integration.test_event_delivery import Receiver
 
@@ -174,3 +177,51 @@ def test_webhooks_are_delivered_by_the_next_node_when_the_first_dies(
         assert receiver.bad_signatures == 0
     finally:
         receiver.close()
+
+
+def test_a_logout_holds_at_every_gateway_of_the_organization(pair_network: LocalNetwork) -> None:
+    net = pair_network
+    first, second = org1_nodes(net)
+    bundle = (net.folder / "ca-bundle.pem").read_bytes()
+    pem = (net.folder / "orgs" / "org1" / "users" / "user1" / "signing.pem").read_bytes()
+
+    def login() -> str:
+        return rest_login(
+            f"https://{first.rest}",
+            certificate_pem=pem,
+            signer=net.user("org1").signer,
+            ca_bundle=bundle,
+        ).token
+
+    def call(node: NodeEntry, method: str, path: str, token: str) -> Any:
+        return rest_call(f"https://{node.rest}", method, path, ca_bundle=bundle, token=token)
+
+    def refused_at(node: NodeEntry, token: str) -> str | None:
+        try:
+            call(node, "GET", "/v1/whoami", token)
+        except Unauthenticated as exc:
+            return exc.code
+        except Unavailable:
+            return None
+        return None
+
+    token, later = login(), login()
+    for node in (first, second):  # one login, every gateway of the organization
+        assert call(node, "GET", "/v1/whoami", token)["identity"].startswith("org1/")
+    call(first, "POST", "/v1/auth/logout", token)
+    wait_until(
+        lambda: refused_at(second, token) == "auth.token_revoked",
+        timeout_s=15,
+        what="the logout to reach the other gateway",
+    )
+    # logged out while the other node is down: it learns when it connects again, and
+    # still refuses the first one, which it kept across its restart
+    assert net.stop(second)
+    call(first, "POST", "/v1/auth/logout", later)
+    net.start(second)
+    wait_until(
+        lambda: refused_at(second, later) == "auth.token_revoked",
+        timeout_s=30,
+        what="the restarted gateway to learn of the logout made while it was down",
+    )
+    assert refused_at(second, token) == "auth.token_revoked"
