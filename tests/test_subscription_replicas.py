@@ -63,7 +63,9 @@ def run(
 
     async def main() -> None:
         a = EventHub(tmp_path / "a", StoreReader(store), org="org1")
-        b = EventHub(tmp_path / "b", StoreReader(store), org="org1", delivering=lambda: b_delivers)
+        b = EventHub(
+            tmp_path / "b", StoreReader(store), org="org1", turn_rank=lambda: 0 if b_delivers else 1
+        )
         a.start()
         b.start()
         try:

@@ -196,3 +196,29 @@ def test_a_logout_reaches_the_organizations_other_gateways(tmp_path: Path) -> No
     again._load_denied(tmp_path / "tokens-denied")
     assert reason(again.verify, token, context(), at) == "token_revoked"
     assert (tmp_path / "tokens-denied").read_text().count("\n") <= 2
+
+
+def test_a_logout_holds_whatever_the_token_lifetime_and_a_bad_deny_file_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    cert, signer = member(Role.CLIENT)
+    svc = service(ttl_ms=48 * 3600 * 1000)  # two days: a logout must still hold
+    at = now_ms()
+    token = login(svc, cert, signer, at)
+    claims, _ = svc.verify(token, context(), at)
+    svc.revoke(claims, at)
+    assert reason(svc.verify, token, context(), at) == "token_revoked"
+    # a peer's whole list again: the known ones change nothing
+    assert svc.deny_many(svc.denied(at), at) == 1 and len(svc.denied(at)) == 1
+    bad = tmp_path / "tokens-denied"
+    bad.write_bytes(b"\xff\xfe not text")
+    TokenService(
+        chain_id=CHAIN,
+        node_id="org1-node0",
+        org_id="org1",
+        signer=lambda: Ed25519Signer(NODE_KEY),
+        node_key=lambda node, org: None,
+        ttl_ms=60_000,
+        denied_file=bad,
+    )  # starts, with the unreadable file set aside for the operator
+    assert [p.name.split("-")[0] for p in tmp_path.glob("tokens-denied.unreadable-*")] == ["tokens"]

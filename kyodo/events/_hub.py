@@ -316,11 +316,11 @@ class EventHub:
         webhook_backoff_s: float = 0.5,
         org: str = "",
         replicate: Callable[[SubscriptionReplica], None] | None = None,
-        delivering: Callable[[], bool] = lambda: True,
+        turn_rank: Callable[[], int | None] = lambda: 0,
     ) -> None:
         """``org``: this node's organization, the only one whose subscriptions a replica
         may carry. ``replicate``: sends a replica to the other nodes of the
-        organization. ``delivering``: whether this node's turn to deliver the
+        organization. ``turn_rank``: this node's place in line to deliver the
         organization's webhooks has come (the first of its live nodes)."""
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), Options(raw_mode=True))
@@ -332,7 +332,7 @@ class EventHub:
         self._backoff_s = webhook_backoff_s
         self._org = org
         self._replicate = replicate
-        self._delivering = delivering
+        self._turn_rank = turn_rank
         self._table = asyncio.Lock()
         """Declarations, deletions and merges, one at a time (each awaits its write)."""
         self._heard_at: dict[str, float] = {}
@@ -341,10 +341,13 @@ class EventHub:
         """Since when items of a subscription this node does not deliver have waited."""
         self._took_over: set[str] = set()
         """Webhooks this node delivers out of turn (``_stalled``)."""
+        self._scan: dict[str, tuple[Position, Position]] = {}
+        """Per webhook this node does not deliver: (the checkpoint, how far ``_stalled``
+        found no item after it)."""
         self._ahead: dict[str, ReplicaEntry] = {}
         """The newest replica of each subscription whose checkpoint is beyond this node's
         tip (it is catching up): merged when the tip gets there."""
-        self._merging_ahead = False
+        self._ahead_task: asyncio.Task[None] | None = None
         self._subs: dict[str, _Stored] = {}
         self._deleted: dict[str, int] = {}
         """Deleted subscriptions and when (ms): a replica from before a deletion, from a
@@ -420,23 +423,29 @@ class EventHub:
 
     def notify(self, height: int) -> None:
         """A block was committed (event loop): wake the waiting sessions and workers."""
-        if self._ahead and not self._merging_ahead:  # first, so that a worker woken
-            self._merging_ahead = True  # below already reads the checkpoint it brings
-            asyncio.get_running_loop().create_task(self._merge_ahead())
+        if self._closing.is_set():
+            return
+        if self._ahead and self._ahead_task is None:  # first, so that a worker woken
+            loop = asyncio.get_running_loop()  # below reads the checkpoint it brings
+            self._ahead_task = loop.create_task(self._merge_ahead())
         self._tip_event.set()
         self._tip_event = asyncio.Event()
 
     async def _merge_ahead(self) -> None:
-        """Replicas whose checkpoint was beyond this node's tip, now that it grew."""
+        """Replicas whose checkpoint was beyond this node's tip, now that it grew: until
+        none is due (the tip may grow again while one is merged)."""
         try:
-            due = [e for e in self._ahead.values() if _reached(e, self.ledger.tip())]
-            for entry in due:
-                if self._ahead.get(entry.key) is entry:
+            while not self._closing.is_set():
+                due = [e for e in self._ahead.values() if _reached(e, self.ledger.tip())]
+                if not due:
+                    return
+                for entry in due:
                     del self._ahead[entry.key]
-            if due:
-                await self.merge(SubscriptionReplica(entries=tuple(due)))
+                await self.merge(SubscriptionReplica(entries=tuple(due)), news=False)
+        except Exception:  # a bug: said, and the next block tries again
+            log.exception("subscription_replica_failed")
         finally:
-            self._merging_ahead = False
+            self._ahead_task = None
 
     async def wait_for_height(
         self, height: int, timeout_s: float, cancel: asyncio.Event | None = None
@@ -623,13 +632,8 @@ class EventHub:
         """Forget a subscription, keeping when it was deleted."""
         self._subs.pop(key, None)
         self._dirty.discard(key)
-        self._heard_at.pop(key, None)
-        self._waiting_since.pop(key, None)
-        self._took_over.discard(key)
-        if (session := self._sessions.pop(key, None)) is not None:
-            session.close(deleted=True)  # its consumer is told, and must not re-declare it
-        if (task := self._workers.pop(key, None)) is not None:
-            task.cancel()
+        self._ahead.pop(key, None)
+        self._stop_delivery(key)
         self._deleted[key] = deleted_ms
         batch = WriteBatch(raw_mode=True)
         batch.delete(key.encode())
@@ -638,6 +642,17 @@ class EventHub:
             del self._deleted[old]  # the oldest go, on disk too
             batch.delete(_DELETED + old.encode())
         await self._write(self._db.write, batch, self._sync)
+
+    def _stop_delivery(self, key: str) -> None:
+        """End a subscription's session and worker, and forget how it was delivered."""
+        if (session := self._sessions.pop(key, None)) is not None:
+            session.close(deleted=True)  # its consumer is told, and must not re-declare it
+        if (task := self._workers.pop(key, None)) is not None:
+            task.cancel()
+        self._heard_at.pop(key, None)
+        self._waiting_since.pop(key, None)
+        self._scan.pop(key, None)
+        self._took_over.discard(key)
 
     # -- replication within the organization -----------------------------------------
 
@@ -662,17 +677,23 @@ class EventHub:
         keys = sorted({*self._subs, *self._deleted})
         return tuple(SubscriptionReplica(entries=(self._entry(k),)) for k in keys)
 
-    async def merge(self, replica: SubscriptionReplica) -> int:
+    async def merge(self, replica: SubscriptionReplica, *, news: bool = True) -> int:
         """Take what another node of the organization knows: a subscription new here, a
         later checkpoint of the same one, a newer declaration of the same name, or a
         deletion. Returns how many entries changed something. An entry of another
         organization, or one this node would not accept from a member (a name that is
         not its key, an owner of another organization, a checkpoint that is not a
-        position here, a declaration it refuses, one too many), is refused (logged)."""
-        async with self._table:
-            return await self._merge(replica)
+        position here, a declaration it refuses, one too many), is refused (logged).
 
-    async def _merge(self, replica: SubscriptionReplica) -> int:
+        ``news``: it comes from the node whose turn it is to deliver webhooks (a node that
+        took one over hands it back then).
+        """
+        if self._closing.is_set():
+            return 0
+        async with self._table:
+            return await self._merge(replica, news)
+
+    async def _merge(self, replica: SubscriptionReplica, news: bool) -> int:
         changed = 0
         for entry in replica.entries:
             key = entry.key
@@ -681,7 +702,7 @@ class EventHub:
                 log.warning("subscription_replica_refused", key=key[:80], error="key")
                 continue
             local = self._subs.get(key)
-            if local is not None and local.created_ms == _created(entry.stored):
+            if news and local is not None and local.created_ms == _created(entry.stored):
                 self._heard_at[key] = time.monotonic()  # the deliverer is at work: a
                 self._took_over.discard(key)  # node that took it over hands it back
             if not entry.stored:  # a deletion
@@ -703,6 +724,8 @@ class EventHub:
             if position > (self.ledger.tip() + 1, -1, -1):  # beyond what this node holds:
                 if key in self._ahead or len(self._ahead) < MAX_SUBSCRIPTIONS_PER_ORG:
                     self._ahead[key] = entry  # it is catching up; taken when it gets there
+                else:
+                    log.warning("subscription_replica_refused", key=key[:80], error="ahead")
                 continue
             if theirs.created_ms <= self._deleted.get(key, 0):
                 continue  # declared before its deletion here
@@ -713,10 +736,7 @@ class EventHub:
                     continue  # nothing new: the same one, no further
                 theirs = replace(theirs, acked=max(theirs.acked, local.acked))
             elif local is not None:  # a newer declaration of the same name replaces ours
-                if (session := self._sessions.pop(key, None)) is not None:
-                    session.close(deleted=True)
-                if (task := self._workers.pop(key, None)) is not None:
-                    task.cancel()
+                self._stop_delivery(key)
             elif sum(1 for k in self._subs if k.startswith(org + "/")) >= (
                 MAX_SUBSCRIPTIONS_PER_ORG
             ):
@@ -724,7 +744,8 @@ class EventHub:
                 continue
             self._subs[key] = theirs
             self._dirty.discard(key)
-            self._heard_at[key] = time.monotonic()
+            if news or local is None:
+                self._heard_at[key] = time.monotonic()
             await self._write(self._db.put, key.encode(), encode(theirs), self._sync)
             if theirs.spec.webhook_url:
                 self._start_worker(key)
@@ -746,7 +767,7 @@ class EventHub:
             created_ms=st.created_ms,
             acked=st.acked,
             connected=key in self._sessions
-            or (key in self._workers and not self._workers[key].done() and self._delivering()),
+            or (key in self._workers and not self._workers[key].done() and self._my_turn(key)),
             dead_letters=st.dead_letters,
             failures=st.failures,
             last_error=st.last_error,
@@ -863,7 +884,7 @@ class EventHub:
     # -- webhooks ----------------------------------------------------------------------
 
     def _start_worker(self, key: str) -> None:
-        if key not in self._subs:
+        if key not in self._subs or self._closing.is_set():
             return
         task = self._workers.get(key)
         if task is None or task.done():
@@ -872,20 +893,32 @@ class EventHub:
     def _my_turn(self, key: str) -> bool:
         """Whether this node delivers ``key`` now: its turn in the organization came, or
         it took the subscription over (``_stalled``)."""
-        return self._delivering() or key in self._took_over
+        rank = self._turn_rank()
+        return rank == 0 or (rank is not None and key in self._took_over)
 
     async def _stalled(self, key: str) -> bool:
-        """Whether items of ``key`` have waited TAKEOVER_S with no news of it from the
-        node whose turn it is (that node refused the declaration, or is stuck): this
-        node then delivers it until news comes again."""
+        """Whether items of ``key`` have waited with no news of it from the node whose
+        turn it is (that node refused the declaration, or is stuck) for TAKEOVER_S
+        times this node's place in line: it then delivers them until news comes again.
+        The next in line goes first; a node out of the line (removed, just started)
+        never does."""
+        rank = self._turn_rank()
+        if not rank:
+            return False
         stored = self._subs[key]
-        items, _ = await self.read_items(stored.spec.filter, check_position(stored.checkpoint), 1)
+        checkpoint = check_position(stored.checkpoint)
+        base, cursor = self._scan.get(key, (checkpoint, checkpoint))
+        if base != checkpoint:  # the deliverer moved on: scan from there
+            cursor = checkpoint
+        items, cursor = await self.read_items(stored.spec.filter, cursor, 1)
+        self._scan[key] = (checkpoint, cursor)  # a sparse filter is scanned once
         if not items:
             self._waiting_since.pop(key, None)
             return False
+        self._scan[key] = (checkpoint, checkpoint)
         now = time.monotonic()
         since = max(self._waiting_since.setdefault(key, now), self._heard_at.get(key, 0.0))
-        if now - since <= TAKEOVER_S:
+        if now - since <= TAKEOVER_S * rank:
             return False
         self._took_over.add(key)
         log.warning("webhook_taken_over", subscription=key, idle_s=round(now - since, 1))
@@ -918,9 +951,9 @@ class EventHub:
                     for item in items:
                         if key not in self._subs or self._closing.is_set():
                             return
-                        if not self._my_turn(key):
+                        if not self._my_turn(key) or not await self._deliver(http, key, item):
+                            cursor = None  # the turn passed: from the checkpoint again
                             break
-                        await self._deliver(http, key, item)
                         cursor = item.position
                 except Exception as exc:  # the node's own trouble: wait, read again
                     log.warning("webhook_worker_paused", subscription=key, error=repr(exc))
@@ -961,10 +994,12 @@ class EventHub:
         extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
         return pinned, {"Host": host_header}, extensions
 
-    async def _deliver(self, http: Any, key: str, item: StreamItem) -> None:
+    async def _deliver(self, http: Any, key: str, item: StreamItem) -> bool:
         """POST one item until a 2xx or ``max_attempts``; then dead-letter it. What a
         member sees of a failure is coarse (``HTTP 503``, ``unreachable``, ``timeout``):
-        the node's network is not theirs to map; the node's log has the details."""
+        the node's network is not theirs to map; the node's log has the details. False
+        if this node gave the item up: the turn passed to another node, or the
+        subscription is gone."""
         import httpx
 
         attempt = 0
@@ -999,7 +1034,7 @@ class EventHub:
                                 last_error="",
                             ),
                         )
-                    return
+                    return True
                 error = f"HTTP {response.status_code}"
             except _Refused as exc:
                 error = f"refused: {exc}"
@@ -1016,10 +1051,12 @@ class EventHub:
                 error=error,
             )
             stored = self._subs.get(key)
-            if stored is None or item.position <= tuple(stored.checkpoint):
-                return  # gone, or delivered by another node of the organization meanwhile
+            if stored is None:
+                return False
+            if item.position <= tuple(stored.checkpoint):
+                return True  # another node of the organization delivered it meanwhile
             if not self._my_turn(key):
-                return  # the turn passed: the node that has it takes the item over
+                return False  # the turn passed: the node that has it takes the item over
             if attempt >= spec.max_attempts:
                 letters = (
                     *stored.dead_letters,
@@ -1042,13 +1079,14 @@ class EventHub:
                     ),
                 )
                 log.error("webhook_dead_letter", subscription=key, item=item.idempotency_key)
-                return
+                return True
             self._advance(key, replace(stored, failures=attempt, last_error=error))
             delay = min(MAX_WEBHOOK_BACKOFF_S, self._backoff_s * 2 ** (attempt - 1))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), timeout=delay)
             if self._closing.is_set():
-                return
+                return False
+        return False
 
 
 class _Refused(Exception):

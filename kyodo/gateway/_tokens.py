@@ -39,9 +39,11 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from kyodo.codec import DecodeError, decode_record, encode, record
 from kyodo.crypto import ED25519, CryptoError, Signer, verify_signature
@@ -57,6 +59,8 @@ __all__ = [
     "TokenService",
 ]
 
+log = structlog.get_logger("kyodo.gateway")
+
 CHALLENGE_TTL_MS = 60_000
 """How long a login challenge can be answered."""
 TOKEN_PREFIX = "kyt1."  # noqa: S105 - a format marker, not a secret
@@ -64,8 +68,8 @@ MAX_TOKEN_CHARS = 16_384
 MAX_OPEN_CHALLENGES = 10_000
 MAX_DENIED = 100_000
 """Logged-out tokens remembered; when full, the one closest to expiry goes first."""
-MAX_TOKEN_TTL_MS = 24 * 3600 * 1000
-"""No token lives longer: a revocation further out than this is not one of ours."""
+_CLOCK_SKEW_MS = 10 * 60 * 1000
+"""How far ahead of this node's clock another node's may run (a revocation's expiry)."""
 
 
 @record(73)
@@ -231,46 +235,88 @@ class TokenService:
     def revoke(self, claims: TokenClaims, now_ms: int) -> None:
         """Deny the token from now until it expires (logout), here and, through
         ``on_revoke``, at the organization's other gateways."""
-        self.deny(claims.token_id, claims.expires_ms, now_ms)
+        self._deny([(claims.token_id, claims.expires_ms)], now_ms, keep=True)
         if self._on_revoke is not None:
             self._on_revoke(claims.token_id, claims.expires_ms)
 
-    def deny(self, token_id: bytes, expires_ms: int, now_ms: int, *, keep: bool = True) -> bool:
-        """Deny a token logged out here or at another gateway of the organization until
+    def deny(self, token_id: bytes, expires_ms: int, now_ms: int) -> bool:
+        """Deny a token logged out at another gateway of the organization until
         ``expires_ms``; False (nothing kept) for an id that is not a token's, or a time
-        past or further out than any token lives. ``keep``: written to the denied file."""
-        if len(token_id) != 16 or not now_ms < expires_ms <= now_ms + MAX_TOKEN_TTL_MS:
-            return False
+        past or further out than any token of this organization lives."""
+        return self.deny_many([(token_id, expires_ms)], now_ms) == 1
+
+    def deny_many(self, tokens: Sequence[tuple[bytes, int]], now_ms: int) -> int:
+        """``deny`` for each of ``tokens`` (a peer's whole list, say), written to the
+        file at once; returns how many were taken."""
+        latest = now_ms + self.ttl_ms + _CLOCK_SKEW_MS  # a peer's clock may run ahead
+        valid = [(t, e) for t, e in tokens if len(t) == 16 and now_ms < e <= latest]
+        self._deny(valid, now_ms, keep=True)
+        return len(valid)
+
+    def _deny(self, tokens: Sequence[tuple[bytes, int]], now_ms: int, *, keep: bool) -> None:
+        new: list[tuple[bytes, int]] = []
         with self._lock:
-            self._inserts += 1
-            if self._inserts % 256 == 0 or len(self._denied) >= MAX_DENIED:
-                for denied_id, expires in list(self._denied.items()):  # amortised
-                    if expires <= now_ms:
-                        del self._denied[denied_id]
+            for token_id, expires_ms in tokens:
+                if token_id in self._denied:
+                    continue  # known: nothing to do (a peer's list comes again and again)
+                if len(self._denied) >= MAX_DENIED:
+                    self._sweep(now_ms)
+                    if len(self._denied) >= MAX_DENIED:  # the oldest logout goes
+                        del self._denied[next(iter(self._denied))]
+                self._denied[token_id] = expires_ms
+                new.append((token_id, expires_ms))
+            self._inserts += len(new)
+            if self._inserts >= 4096 + len(self._denied):  # the file keeps expired lines:
+                self._sweep(now_ms)  # written again with the live ones only
                 if keep:
                     self._rewrite_denied()
-            if token_id not in self._denied and len(self._denied) >= MAX_DENIED:
-                del self._denied[min(self._denied, key=self._denied.__getitem__)]
-            new = token_id not in self._denied
-            self._denied[token_id] = expires_ms
-            if new and keep and self._denied_file is not None:
-                with self._denied_file.open("a") as out:  # a restart keeps it denied
-                    out.write(f"{token_id.hex()} {expires_ms}\n")
-        return True
+                    new = []
+        if keep and new:
+            self._append_denied(new)
+
+    def _sweep(self, now_ms: int) -> None:
+        for token_id, expires in list(self._denied.items()):
+            if expires <= now_ms:
+                del self._denied[token_id]
+        self._inserts = 0
+
+    def _append_denied(self, tokens: Sequence[tuple[bytes, int]]) -> None:
+        """Add to the file (a restart keeps them denied); a disk error is said, never
+        raised: the tokens stay denied in memory, and peers send them again."""
+        if self._denied_file is None:
+            return
+        try:
+            with self._denied_file.open("a") as out:
+                out.writelines(f"{t.hex()} {e}\n" for t, e in tokens)
+        except OSError as exc:
+            log.error("tokens_denied_write_failed", path=str(self._denied_file), error=str(exc))
 
     def _load_denied(self, path: Path) -> None:
         """The tokens denied before a restart that have not expired; the file is written
-        again with those only."""
+        again with those only. A file that does not read is set aside (and said)."""
         now = int(time.time() * 1000)
         try:
             lines = path.read_text().splitlines()
         except FileNotFoundError:
             lines = []
+        except (OSError, UnicodeDecodeError) as exc:
+            aside = path.with_name(f"{path.name}.unreadable-{now}")
+            log.error(
+                "tokens_denied_unreadable", path=str(path), moved_to=str(aside), error=str(exc)
+            )
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            lines = []
+        loaded: list[tuple[bytes, int]] = []
         for line in lines:
             with contextlib.suppress(ValueError):
                 token_hex, expires = line.split()
-                self.deny(bytes.fromhex(token_hex), int(expires), now, keep=False)
-        self._rewrite_denied()
+                token_id, expires_ms = bytes.fromhex(token_hex), int(expires)
+                if len(token_id) == 16 and expires_ms > now:
+                    loaded.append((token_id, expires_ms))
+        self._deny(loaded, now, keep=False)
+        with self._lock:
+            self._rewrite_denied()
 
     def _rewrite_denied(self) -> None:
         """The file again with the tokens denied now only (expired ones leave it)."""
@@ -278,8 +324,11 @@ class TokenService:
             return
         kept = "".join(f"{t.hex()} {e}\n" for t, e in self._denied.items())
         tmp = self._denied_file.with_name(self._denied_file.name + ".tmp")
-        tmp.write_text(kept)
-        os.replace(tmp, self._denied_file)
+        try:
+            tmp.write_text(kept)
+            os.replace(tmp, self._denied_file)
+        except OSError as exc:
+            log.error("tokens_denied_write_failed", path=str(self._denied_file), error=str(exc))
 
     def denied(self, now_ms: int) -> list[tuple[bytes, int]]:
         """The tokens denied now, with their expiry (for a node of the organization

@@ -420,7 +420,7 @@ class Node:
                 webhook_allowed_hosts=self.cfg.webhook_allowed_hosts,
                 org=self.cfg.org_id,
                 replicate=self._replicate_subscriptions,
-                delivering=self._webhook_turn,
+                turn_rank=self._webhook_rank,
             )
         )
         self.events.start()
@@ -450,7 +450,8 @@ class Node:
         await self.gateway.stop(0.5)
         if self.rest is not None:
             await self.rest.stop()
-        await self.events.close()  # its last checkpoints still reach the organization
+        await self.events.close()  # its last checkpoints still reach the organization:
+        await self.p2p.drain(1.0)  # sent before the links close
         await self.p2p.stop()
         await self._in_ledger(self.audit.close)
         await self._in_ledger(self.store.close)
@@ -921,6 +922,23 @@ class Node:
         if own_ca not in ca_pems:
             ca_pems.append(own_ca)
         peers = self._peer_addresses()
+        if self.cfg.rest_port:  # before p2p: a peer that connects at once exchanges
+            self.tokens = TokenService(  # deny lists with it
+                chain_id=self.chain_id,
+                node_id=self.cfg.node_id,
+                org_id=self.org_id,
+                signer=lambda: self._signer,  # the key in force (rotation swaps it)
+                node_key=self._node_key_of_org,
+                ttl_ms=self.cfg.token_ttl_s * 1000,
+                denied_file=self.home / "tokens-denied",
+                on_revoke=lambda token_id, expires_ms: self._send_to_org(
+                    encode(
+                        TokenRevocations(
+                            tokens=(RevokedToken(token_id=token_id, expires_ms=expires_ms),)
+                        )
+                    )
+                ),
+            )
         self.p2p = PeerNetwork(
             node_id=self.cfg.node_id,
             listen_host=self.cfg.listen_host,
@@ -951,26 +969,9 @@ class Node:
             limiter=self.limiter,
         )
         await self.gateway.start()
-        if self.cfg.rest_port:
-            tokens = TokenService(
-                chain_id=self.chain_id,
-                node_id=self.cfg.node_id,
-                org_id=self.org_id,
-                signer=lambda: self._signer,  # the key in force (rotation swaps it)
-                node_key=self._node_key_of_org,
-                ttl_ms=self.cfg.token_ttl_s * 1000,
-                denied_file=self.home / "tokens-denied",
-                on_revoke=lambda token_id, expires_ms: self._send_to_org(
-                    encode(
-                        TokenRevocations(
-                            tokens=(RevokedToken(token_id=token_id, expires_ms=expires_ms),)
-                        )
-                    )
-                ),
-            )
-            self.tokens = tokens
+        if self.tokens is not None:
             self.rest = RestGateway(
-                create_app(self, tokens, audit=self.audit, limiter=self.limiter),
+                create_app(self, self.tokens, audit=self.audit, limiter=self.limiter),
                 host=self.cfg.listen_host,
                 port=self.cfg.rest_port,
                 cert_pem=self._tls_cert_pem,
@@ -1481,19 +1482,29 @@ class Node:
         for peer in sorted(self._org_peers() & connected):
             self.p2p.send(peer, payload)
 
-    def _webhook_turn(self) -> bool:
-        """Whether this node delivers its organization's webhooks now: no node of the
-        organization before it (by node id) was heard from within ``_TURN_GRACE_S``.
-        Two nodes that cannot hear each other both deliver (at least once, with the
-        same idempotency keys); none is left without a deliverer."""
+    def _live(self, peer: str, now: float) -> bool:
+        """Heard from within ``_TURN_GRACE_S`` (every node sends its status each second)."""
+        return now - self._heard.get(peer, now - 2 * _TURN_GRACE_S) < _TURN_GRACE_S
+
+    def _webhook_rank(self) -> int | None:
+        """This node's place in line to deliver its organization's webhooks: how many
+        live nodes of the organization come before it by node id (0: its turn). None
+        while it has just started (it has not heard from the others yet) or once it is
+        removed from the network: it never delivers then. Two nodes that cannot hear
+        each other both deliver (at least once, with the same idempotency keys); none
+        is left without a deliverer."""
         now = time.monotonic()
         me = self.cfg.node_id
         if now - self._started_s < _TURN_GRACE_S or self.config.node(me) is None:
-            return False  # not heard from the others yet; or removed from the network
-        return not any(
-            now - self._heard.get(peer, -_TURN_GRACE_S - now) < _TURN_GRACE_S
-            for peer in self._org_peers()
-            if peer < me
+            return None
+        return sum(1 for peer in self._org_peers() if peer < me and self._live(peer, now))
+
+    def _has_the_turn(self, peer: str) -> bool:
+        """Whether ``peer`` is the node whose turn it is to deliver webhooks, as this node
+        sees it (the first live node of the organization, before this one)."""
+        now = time.monotonic()
+        return peer < self.cfg.node_id and not any(
+            other < peer and self._live(other, now) for other in self._org_peers()
         )
 
     def _on_frame(self, peer: str, payload: bytes) -> None:
@@ -1519,12 +1530,13 @@ class Node:
         elif isinstance(message, (*BFT_MESSAGES, SyncResponse, StatusMessage)):
             self._apply(self.consensus.on_message(peer, message, now_ms()))
         elif isinstance(message, SubscriptionReplica) and peer in self._org_peers():
-            self._spawn(self.events.merge(message))  # another org's node gets nothing
+            news = self._has_the_turn(peer)  # another organization's node gets nothing
+            self._spawn(self.events.merge(message, news=news))
         elif isinstance(message, TokenRevocations) and peer in self._org_peers():
             if self.tokens is not None:  # tokens logged out at another of our gateways
-                now = now_ms()
-                for token in message.tokens:
-                    self.tokens.deny(token.token_id, token.expires_ms, now)
+                self.tokens.deny_many(
+                    [(t.token_id, t.expires_ms) for t in message.tokens], now_ms()
+                )
         else:
             self.metrics.messages_rejected.labels("unexpected").inc()
             log.warning(

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,6 +125,15 @@ class PeerNetwork:
         """Also accept certificates of this CA (a new organization joined)."""
         self._server_ssl.load_verify_locations(cadata=ca_pem.decode())
         self._client_ssl.load_verify_locations(cadata=ca_pem.decode())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until what was queued for connected peers is sent
+        (a node stopping sends its last news first)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(
+            not self._queues[p].empty() for p in self._connected if p in self._queues
+        ):
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         """Close every connection."""
