@@ -32,7 +32,9 @@ def context(membership: Membership | None = None) -> AuthContext:
     )
 
 
-def service(ttl_ms: int = 60_000, node_id: str = "org1-node0") -> TokenService:
+def service(
+    ttl_ms: int = 60_000, node_id: str = "org1-node0", denied_file: Path | None = None
+) -> TokenService:
     signer = Ed25519Signer(NODE_KEY)
     keys = {"org1-node0": signer.public_key, "org1-node1": signer.public_key}
     return TokenService(
@@ -42,6 +44,7 @@ def service(ttl_ms: int = 60_000, node_id: str = "org1-node0") -> TokenService:
         signer=lambda: signer,
         node_key=lambda node, org: keys.get(node) if org == "org1" else None,
         ttl_ms=ttl_ms,
+        denied_file=denied_file,
     )
 
 
@@ -181,19 +184,10 @@ def test_a_logout_reaches_the_organizations_other_gateways(tmp_path: Path) -> No
     assert not other.deny(b"x" * 16, at + 10 * 24 * 3600 * 1000, at)  # no token lives so long
     assert len(other.denied(at)) == 1
     # a gateway keeps what it denied across its own restart (peers may all be down)
-    kept = TokenService(
-        chain_id=CHAIN,
-        node_id="org1-node1",
-        org_id="org1",
-        signer=lambda: Ed25519Signer(NODE_KEY),
-        node_key=lambda node, org: None,
-        ttl_ms=60_000,
-        denied_file=tmp_path / "tokens-denied",
-    )
+    kept = service(node_id="org1-node1", denied_file=tmp_path / "tokens-denied")
     kept.deny(claims.token_id, claims.expires_ms, at)
     kept.deny(b"y" * 16, now_ms() + 1, now_ms())  # expires at once: not kept across
-    again = service(node_id="org1-node1")
-    again._load_denied(tmp_path / "tokens-denied")
+    again = service(node_id="org1-node1", denied_file=tmp_path / "tokens-denied")
     assert reason(again.verify, token, context(), at) == "token_revoked"
     assert (tmp_path / "tokens-denied").read_text().count("\n") <= 2
 
@@ -212,13 +206,5 @@ def test_a_logout_holds_whatever_the_token_lifetime_and_a_bad_deny_file_is_set_a
     assert svc.deny_many(svc.denied(at), at) == 1 and len(svc.denied(at)) == 1
     bad = tmp_path / "tokens-denied"
     bad.write_bytes(b"\xff\xfe not text")
-    TokenService(
-        chain_id=CHAIN,
-        node_id="org1-node0",
-        org_id="org1",
-        signer=lambda: Ed25519Signer(NODE_KEY),
-        node_key=lambda node, org: None,
-        ttl_ms=60_000,
-        denied_file=bad,
-    )  # starts, with the unreadable file set aside for the operator
+    service(denied_file=bad)  # starts, with the unreadable file set aside for the operator
     assert [p.name.split("-")[0] for p in tmp_path.glob("tokens-denied.unreadable-*")] == ["tokens"]
