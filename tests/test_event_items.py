@@ -15,7 +15,6 @@ from kyodo.client import FileCheckpointer, SqliteCheckpointer
 from kyodo.codec import encode_value
 from kyodo.events import items_of_block, sign_webhook, verify_webhook
 from kyodo.ledger import LedgerStore, StoredDataError, encode_state_key
-from kyodo.ledger._integrity import IntegrityFault, check_writes_index
 from kyodo.wire import EventFilter, check_position, idempotency_key
 from tests._factories import append_genesis, append_writes, make_network
 
@@ -68,35 +67,6 @@ def test_the_writes_index_is_rebuilt_from_the_history_byte_for_byte(
     store.delete_raw("writes", (2).to_bytes(8, "big"))  # complete, yet an entry is gone
     with pytest.raises(StoredDataError):
         store.get_writes(2)
-
-
-@pytest.mark.parametrize(
-    "forge",
-    ["omitted", "repeated", "reordered", "foreign"],
-)
-def test_the_verifier_finds_every_kind_of_forged_writes_entry(
-    store: LedgerStore, forge: str
-) -> None:
-    """A write left out is invisible to ``get_writes`` (everything it lists exists); the
-    whole-index check counts against the history and finds it, like the others."""
-    net = make_network()
-    append_genesis(store, net)
-    append_writes(store, net, {("kv", "a"): 1, ("kv", "b"): 2}, {("kv", "a"): None})
-    append_writes(store, net, {("other", "z"): 3})
-    assert check_writes_index(store, 2) == 4
-    a, b = encode_state_key("kv", "a"), encode_state_key("kv", "b")
-    entry = {
-        "omitted": [[a, 0], [a, 1]],
-        "repeated": [[a, 0], [a, 0], [b, 0], [a, 1]],
-        "reordered": [[b, 0], [a, 0], [a, 1]],
-        "foreign": [[a, 0], [b, 0], [a, 1], [encode_state_key("other", "z"), 1]],
-    }[forge]
-    store.put_raw("writes", (1).to_bytes(8, "big"), encode_value(entry))
-    with pytest.raises(IntegrityFault) as found:
-        check_writes_index(store, 2)
-    assert found.value.fault.kind == "writes"
-    store.rebuild_writes()  # the repair: rebuilt from the history, then clean
-    assert check_writes_index(store, 2) == 4
 
 
 def test_items_of_a_block_by_kind_in_position_order(store: LedgerStore) -> None:

@@ -466,7 +466,10 @@ def _decode_state(raw: bytes, namespace: str, key: str) -> StateEntry:
     try:
         value, height, index = decode_value(raw)
     except (DecodeError, ValueError, TypeError) as exc:
-        raise StoredDataError(f"state record of {namespace}/{key} does not decode") from exc
+        raise StoredDataError(
+            f"state record of {namespace}/{key} does not decode",
+            state_key=encode_state_key(namespace, key),
+        ) from exc
     return StateEntry(value=value, height=height, tx_index=index)
 
 

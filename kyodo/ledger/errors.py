@@ -33,11 +33,15 @@ class StoredDataError(LedgerError):
 
     Attributes:
         height: the block height concerned, when known.
+        state_key: the flat-state key whose record is damaged, when that is what it is.
     """
 
-    def __init__(self, message: str, *, height: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, height: int | None = None, state_key: bytes | None = None
+    ) -> None:
         super().__init__(message if height is None else f"height {height}: {message}")
         self.height = height
+        self.state_key = state_key
 
 
 class UnreadableStoreError(StoredDataError):

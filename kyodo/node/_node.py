@@ -23,7 +23,7 @@ import signal
 import struct
 import time
 import urllib.request
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -179,6 +179,9 @@ log = structlog.get_logger("kyodo.node")
 T = TypeVar("T")
 _SYNC_MAX_BYTES = 16 * 1024 * 1024
 _MAX_REPAIR_ROUNDS = 30
+_MAX_REPEATED_REPAIRS = 5
+_REPEAT_WINDOW_S = 300.0
+"""Five repairs within five minutes, then damage again: the node rebuilds its store."""
 """Rounds of targeted repair before the node rebuilds its store from the peers."""
 REBUILD_MARKER = "rebuild-store"
 """A file in the node's home: at the next start the store is set aside and rebuilt."""
@@ -276,6 +279,9 @@ class Node:
         while it is not empty the node is quarantined (module kyodo.node._integrity)."""
         self._quarantined_at = 0.0
         self._repairing = False
+        self._repaired_at: deque[float] = deque(maxlen=_MAX_REPEATED_REPAIRS)
+        """When the last repairs ended (monotonic s): damage that keeps coming back is
+        rebuilt from the peers instead."""
         self.tokens: TokenService | None = None
         """The REST gateway's tokens (None without REST)."""
         self._heard: dict[str, float] = {}
@@ -651,6 +657,17 @@ class Node:
             return
         if fault in self._faults:
             return
+        now = time.monotonic()
+        recent = [t for t in self._repaired_at if now - t < _REPEAT_WINDOW_S]
+        if not self._faults and len(recent) >= _MAX_REPEATED_REPAIRS:  # it keeps coming
+            self._repaired_at.clear()  # back: repairs in place do not hold; start over
+            self._on_fault(
+                IntegrityFault(
+                    f"{len(recent)} repairs in {_REPEAT_WINDOW_S:.0f} s and damage again: {exc}",
+                    Fault("unreadable"),
+                )
+            )
+            return
         first = not self._faults
         self._faults[fault] = exc
         if first:
@@ -698,7 +715,14 @@ class Node:
             while self._faults and not self._stopping.is_set():
                 attempt += 1
                 for fault in list(self._faults):
-                    await self._repair_one(fault)
+                    try:
+                        await self._repair_one(fault)
+                    except (StoredDataError, StateCorruptionError, IntegrityFault) as exc:
+                        self._on_fault(_as_fault(exc))  # more damage met while repairing
+                    except Exception:  # a bug: said; the round counts as failed
+                        log.exception("repair_failed", kind=fault.kind, height=fault.height)
+                if self._faults and all(f.kind == "rollback" for f in self._faults):
+                    self._resume_parked()  # the append they wait for may be parked
                 if (
                     self._faults
                     and attempt >= _MAX_REPAIR_ROUNDS
@@ -721,11 +745,16 @@ class Node:
             self.metrics.integrity_repairs.inc()
             log.warning("integrity_repaired", node=self.cfg.node_id, seconds=round(took, 3))
             self._alert("integrity_repaired", seconds=round(took, 3))
-            resume, self._after_repair = self._after_repair, {}
-            for work in resume.values():
-                self._spawn(work())
+            self._repaired_at.append(time.monotonic())
+            self._resume_parked()
             if self.verifier is not None:
                 self.verifier.run_now()
+
+    def _resume_parked(self) -> None:
+        """Run again the consensus steps our own store's fault interrupted."""
+        resume, self._after_repair = self._after_repair, {}
+        for work in resume.values():
+            self._spawn(work())
 
     async def _repair_one(self, fault: Fault) -> None:
         if fault.kind == "rollback":
@@ -1125,6 +1154,8 @@ class Node:
                 self.p2p.send(action.to, encode(action.message))
             elif isinstance(action, Broadcast):
                 self.p2p.broadcast(encode(action.message))
+            elif isinstance(action, BuildProposal) and self._faults:  # quarantined: no
+                self._apply(self.consensus.on_proposal_built(None, now_ms()))  # proposal
             elif isinstance(action, BuildProposal):
                 self._spawn(self._build(action))
             elif isinstance(action, VerifyProposal):
@@ -1192,9 +1223,9 @@ class Node:
         ok = True
         try:
             await self._in_ledger(self._verify_block, action.block)
-        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the proposal:
-            self._on_fault(_as_fault(exc))  # no verdict on the leader; verified again
-            self._after_repair["verify"] = lambda: self._verify_proposal(action)  # repaired
+        except (StoredDataError, StateCorruptionError, IntegrityFault) as exc:  # our store,
+            self._on_fault(_as_fault(exc))  # not the proposal: no verdict on the leader;
+            self._after_repair["verify"] = lambda: self._verify_again(action)  # once repaired
             return
         except (BlockVerificationError, TransactionRejectedError, LedgerError) as exc:
             self._note_rejected(action.block, action.block.header.proposer, exc)
@@ -1204,11 +1235,21 @@ class Node:
             return
         self._apply(self.consensus.on_proposal_verified(action.view, action.block, ok, now_ms()))
 
+    async def _verify_again(self, action: VerifyProposal) -> None:
+        """A proposal whose verification our own store interrupted, if the core still
+        waits for that verdict (a view change or the block's append may have passed it)."""
+        block = action.block
+        if (
+            self.consensus.round.verifying == block.block_hash()
+            and block.header.height == self._tip[0] + 1
+        ):
+            await self._verify_proposal(action)
+
     async def _append(self, block: Block, *, sender: str | None) -> None:
         """Append a block certified by a quorum: ours (``sender`` None) or a peer's."""
         try:
             await self._in_ledger(self._append_block, block)
-        except (StoredDataError, StateCorruptionError) as exc:  # our store, not the block:
+        except (StoredDataError, StateCorruptionError, IntegrityFault) as exc:  # our store,
             self._on_fault(_as_fault(exc))  # appended once the store is repaired (the core
             self._after_repair["append"] = lambda: self._append(block, sender=sender)  # waits)
             return
@@ -2048,6 +2089,8 @@ def _as_fault(exc: Exception) -> IntegrityFault:
         return IntegrityFault(str(exc), Fault("tree", key=bytes.fromhex(exc.node_hash)))
     if isinstance(exc, UnreadableStoreError):  # damaged files: no value to replace
         return IntegrityFault(str(exc), Fault("unreadable"))
+    if isinstance(exc, StoredDataError) and exc.state_key is not None:
+        return IntegrityFault(str(exc), Fault("state", key=exc.state_key))
     height = getattr(exc, "height", None)
     return IntegrityFault(str(exc), Fault("block", height=height))
 
