@@ -15,12 +15,20 @@ from typing import Any
 
 import pytest
 
+from kyodo.client._events import replay_ended
 from kyodo.codec import decode_record, encode
 from kyodo.events import EventHub
 from kyodo.events import _hub as hub_module
 from kyodo.events._hub import _Stored
 from kyodo.ledger import Block, LedgerStore
-from kyodo.wire import EventFilter, ReplicaEntry, SubscriptionReplica, SubscriptionSpec
+from kyodo.wire import (
+    EventFilter,
+    ReplicaEntry,
+    StreamBatch,
+    StreamOpen,
+    SubscriptionReplica,
+    SubscriptionSpec,
+)
 from tests._factories import append_genesis, append_writes, make_network
 from tests.integration.test_event_delivery import Receiver
 
@@ -208,3 +216,24 @@ def test_a_node_out_of_turn_takes_a_stalled_webhook_over_and_hands_it_back(
         run(tmp_path, scenario, b_delivers=False)
     finally:
         receiver.close()
+
+
+def test_a_replay_ends_with_a_marker_the_consumer_closes_on(tmp_path: Path) -> None:
+    """A replay's last message is an empty batch at or past ``until``; the SDKs close
+    their side on it, so the node never ends the call under an acknowledgement on its
+    way (which gRPC reports as a broken connection, and the consumer reconnected)."""
+
+    async def scenario(a: EventHub, b: EventHub) -> None:
+        session = a.open(
+            StreamOpen(filter=EventFilter(kind="blocks"), after=(0, -1, -1), until_height=2),
+            "org1/client/user1",
+        )
+        batches = [batch async for batch in session.batches()]
+        a.release(session)
+        assert [i.height for batch in batches for i in batch.items] == [0, 1, 2]
+        assert [replay_ended(batch, 2) for batch in batches] == [False] * (len(batches) - 1) + [
+            True
+        ]
+        assert not replay_ended(StreamBatch(items=(), tip=1), 2)  # a heartbeat before it
+
+    run(tmp_path, scenario)

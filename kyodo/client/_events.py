@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kyodo.wire import EventFilter, StreamItem, SubscriptionSpec, check_position
+from kyodo.wire import EventFilter, StreamBatch, StreamItem, SubscriptionSpec, check_position
 
 __all__ = [
     "Checkpointer",
@@ -50,6 +50,12 @@ def event_filter(
         names=tuple(names),
         include_state=include_state,
     )
+
+
+def replay_ended(batch: StreamBatch, until: int) -> bool:
+    """Whether ``batch`` is the node's end of a replay up to block ``until``: an empty
+    batch at or past it (a heartbeat during a replay is always before it)."""
+    return until >= 0 and not batch.items and batch.tip >= until
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,7 +30,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from kyodo.client._events import Checkpointer, LedgerEvent, Subscription, event_filter
+from kyodo.client._events import (
+    Checkpointer,
+    LedgerEvent,
+    Subscription,
+    event_filter,
+    replay_ended,
+)
 from kyodo.client.errors import (
     AccessDenied,
     Conflict,
@@ -842,6 +848,9 @@ class EventStream:
                 batch: StreamBatch = decode_record(StreamBatch, raw)
                 for item in batch.items:
                     yield LedgerEvent.from_item(item, ack)
+                if replay_ended(batch, self._until):  # the node said so: we close our
+                    self._ended = True  # side (acks sent first), it ends the call
+                    return
         except grpc.RpcError as exc:
             if self._closed:
                 return

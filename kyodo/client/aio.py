@@ -49,7 +49,14 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from kyodo.client._events import AsyncAck, Checkpointer, LedgerEvent, Subscription, event_filter
+from kyodo.client._events import (
+    AsyncAck,
+    Checkpointer,
+    LedgerEvent,
+    Subscription,
+    event_filter,
+    replay_ended,
+)
 from kyodo.client._gateway import (
     Identity,
     SubmitResult,
@@ -660,6 +667,9 @@ class AsyncEventStream:
                     if self._closed:
                         return
                     yield LedgerEvent.from_item(item, ack)
+                if replay_ended(batch, self._until):  # the node said so: we close our
+                    self._ended = True  # side (acks sent first), it ends the call
+                    return
         except grpc.RpcError as exc:
             if self._closed:
                 return

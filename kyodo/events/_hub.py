@@ -270,6 +270,9 @@ class Session:
                     if items:
                         self._sent.extend(item.position for item in items)
                         yield StreamBatch(items=tuple(items), tip=self._hub.ledger.tip())
+                    # the end, said: an empty batch at or past `until` (a heartbeat of a
+                    # replay is always before it), so the consumer closes its side first
+                    yield StreamBatch(items=(), tip=max(self._hub.ledger.tip(), self._until))
                     return
             if items:
                 self._sent.extend(item.position for item in items)

@@ -745,6 +745,8 @@ class GatewayServer:
             async for batch in session.batches():
                 delivered += len(batch.items)
                 yield encode(batch)
+            if opened.until_height >= 0 and not session.closed:  # a replay that ended:
+                await asyncio.wait({acks}, timeout=_REPLAY_CLOSE_S)  # its last acks come
         except LedgerError as exc:  # this node's store failed a check: it quarantined itself
             failure.append(
                 GatewayError(
@@ -782,6 +784,10 @@ class GatewayServer:
         if failure:  # the first reason the stream ended, as a refusal
             await self._refuse(context, "Events", caller, started, failure[0])
 
+
+_REPLAY_CLOSE_S = 5.0
+"""After the end of a replay, how long the node waits for the consumer to close its side
+(its last acks on the way): the call never ends under an ack being sent."""
 
 _EVENTS_STATUS = {
     "not_found": grpc.StatusCode.NOT_FOUND,
