@@ -11,6 +11,7 @@ import pytest
 from kyodo.codec import encode_value
 from kyodo.ledger import LedgerStore, StoredDataError, encode_state_key
 from kyodo.ledger._integrity import IntegrityFault, check_writes_index
+from kyodo.node._integrity import repair_tx_index
 from kyodo.node._node import _as_fault
 from tests._factories import append_genesis, append_writes, make_network
 
@@ -65,3 +66,18 @@ def test_an_undecodable_state_record_is_a_state_fault_with_its_key(store: Ledger
     assert damaged.value.state_key == key
     fault = _as_fault(damaged.value).fault
     assert (fault.kind, fault.key) == ("state", key)
+
+
+def test_a_malformed_transaction_index_entry_is_a_fault_with_its_id(store: LedgerStore) -> None:
+    """Read by the duplicate check of every block, a damaged index entry used to stop
+    the node (an unpacking error); it is a ``txindex`` fault the node repairs."""
+    net = make_network()
+    append_genesis(store, net)
+    block = append_writes(store, net, {("kv", "a"): 1})
+    tx_id = block.txs[0].tx_id()
+    store.put_raw("txindex", tx_id, b"\x00\x01")
+    with pytest.raises(StoredDataError) as damaged:
+        store.get_tx_location(tx_id)
+    fault = _as_fault(damaged.value).fault
+    assert (fault.kind, fault.key) == ("txindex", tx_id)
+    assert repair_tx_index(store, tx_id) and store.get_tx_location(tx_id) == (1, 0)

@@ -186,6 +186,10 @@ class LedgerStore:
         raw = self._get("txindex", tx_id)
         if raw is None:
             return None
+        if len(raw) != _LOCATION.size:
+            raise StoredDataError(
+                f"the index entry of transaction {tx_id.hex()} is malformed", tx_id=tx_id
+            )
         height, index = _LOCATION.unpack(raw)
         return height, index
 

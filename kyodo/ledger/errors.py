@@ -34,14 +34,21 @@ class StoredDataError(LedgerError):
     Attributes:
         height: the block height concerned, when known.
         state_key: the flat-state key whose record is damaged, when that is what it is.
+        tx_id: the transaction whose index entry is damaged, when that is what it is.
     """
 
     def __init__(
-        self, message: str, *, height: int | None = None, state_key: bytes | None = None
+        self,
+        message: str,
+        *,
+        height: int | None = None,
+        state_key: bytes | None = None,
+        tx_id: bytes | None = None,
     ) -> None:
         super().__init__(message if height is None else f"height {height}: {message}")
         self.height = height
         self.state_key = state_key
+        self.tx_id = tx_id
 
 
 class UnreadableStoreError(StoredDataError):

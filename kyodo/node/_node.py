@@ -1596,6 +1596,9 @@ class Node:
         except AccessDeniedError as exc:
             log.info("forwarded_tx_rejected", peer=peer, reason="access_denied", rule=exc.rule)
             return
+        except IntegrityFault:  # our own index is damaged: quarantined, and repairing
+            log.info("forwarded_tx_rejected", peer=peer, reason="quarantined")
+            return
         self._request(checked)
 
     def _request(self, checked: CheckedTx) -> None:
@@ -1662,7 +1665,7 @@ class Node:
             raise TransactionRejectedError(
                 f"transaction {tx_id.hex()} was already submitted", reason="duplicate"
             )
-        location = await self._in_reader(self.store.get_tx_location, tx_id)
+        location = await self._in_reader(self._tx_location, tx_id)
         if location is not None:
             raise TransactionRejectedError(
                 f"transaction {tx_id.hex()} is already in block {location[0]}", reason="duplicate"
@@ -1783,11 +1786,21 @@ class Node:
             self._loop.call_soon_threadsafe(self._on_fault, fault)
             raise
 
+    def _tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
+        """The store's index entry of ``tx_id`` (reader thread); a damaged one quarantines
+        the node (IntegrityFault), like any data it would serve."""
+        try:
+            return self.store.get_tx_location(tx_id)
+        except StoredDataError as exc:
+            fault = _as_fault(exc)
+            self._loop.call_soon_threadsafe(self._on_fault, fault)
+            raise fault from exc
+
     async def get_tx(self, tx_id: bytes) -> TxResponse | None:
         """A committed transaction with its result."""
 
         def read() -> TxResponse | None:
-            location = self.store.get_tx_location(tx_id)
+            location = self._tx_location(tx_id)
             if location is None:
                 return None
             block = self._checked_block(location[0], with_index=True)
@@ -2091,6 +2104,8 @@ def _as_fault(exc: Exception) -> IntegrityFault:
         return IntegrityFault(str(exc), Fault("unreadable"))
     if isinstance(exc, StoredDataError) and exc.state_key is not None:
         return IntegrityFault(str(exc), Fault("state", key=exc.state_key))
+    if isinstance(exc, StoredDataError) and exc.tx_id is not None:
+        return IntegrityFault(str(exc), Fault("txindex", key=exc.tx_id))
     height = getattr(exc, "height", None)
     return IntegrityFault(str(exc), Fault("block", height=height))
 
