@@ -705,9 +705,6 @@ class EventHub:
                 log.warning("subscription_replica_refused", key=key[:80], error="key")
                 continue
             local = self._subs.get(key)
-            if news and local is not None and local.created_ms == _created(entry.stored):
-                self._heard_at[key] = time.monotonic()  # the deliverer is at work: a
-                self._took_over.discard(key)  # node that took it over hands it back
             if not entry.stored:  # a deletion
                 if entry.deleted_ms > self._deleted.get(key, 0) and (
                     local is None or local.created_ms <= entry.deleted_ms
@@ -724,6 +721,9 @@ class EventHub:
             except (DecodeError, EventsError, TypeError, ValueError) as exc:
                 log.warning("subscription_replica_refused", key=key[:80], error=str(exc))
                 continue
+            if news and local is not None and local.created_ms == theirs.created_ms:
+                self._heard_at[key] = time.monotonic()  # the deliverer is at work: a
+                self._took_over.discard(key)  # node that took it over hands it back
             if position > (self.ledger.tip() + 1, -1, -1):  # beyond what this node holds:
                 if key in self._ahead or len(self._ahead) < MAX_SUBSCRIPTIONS_PER_ORG:
                     self._ahead[key] = entry  # it is catching up; taken when it gets there
@@ -1119,14 +1119,6 @@ def _reached(entry: ReplicaEntry, tip: int) -> bool:
         return tuple(stored.checkpoint) <= (tip + 1, -1, -1)
     except (DecodeError, TypeError):
         return True
-
-
-def _created(stored: bytes) -> int | None:
-    """``created_ms`` of an encoded stored subscription, or None."""
-    try:
-        return decode_record(_Stored, stored, max_size=len(stored)).created_ms
-    except DecodeError:
-        return None
 
 
 def _comparable(spec: SubscriptionSpec) -> SubscriptionSpec:

@@ -6,8 +6,9 @@ waits on readiness with a deadline and stops every process afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,21 @@ def wait_until(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> 
         if last:
             return last
         time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[Any]], *, timeout_s: float, what: str
+) -> Any:
+    """The asyncio twin of ``wait_until``: await ``predicate`` until it returns a truthy
+    value; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 

@@ -15,8 +15,7 @@ import itertools
 import os
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +26,7 @@ from kyodo.client import ContractFailed, LedgerEvent
 from kyodo.client.aio import AsyncContract, AsyncNetwork, connect_user
 from kyodo.connectors import PostgresMirror
 from tests.integration.conftest import wait_until as wait
+from tests.integration.conftest import wait_until_async as wait_until  # the asyncio one
 from tests.integration.test_network import KYODO
 from tests.postgres import postgres_dsn, postgres_server
 
@@ -45,20 +45,6 @@ WINDOW = 16
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a test's coroutine in a fresh event loop, failing after DEADLINE_S."""
     return asyncio.run(asyncio.wait_for(coro, DEADLINE_S))
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[Any]], *, timeout_s: float, what: str
-) -> Any:
-    """Await ``predicate`` until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
 def query(dsn: str, statement: str, schema: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from kyodo.client import (
 )
 from kyodo.client.aio import AsyncGateway, connect_user
 from kyodo.wire import TxEnvelope
+from tests.integration.conftest import wait_until_async as wait_until
 
 T = TypeVar("T")
 _sync_accounts = itertools.count()
@@ -92,20 +92,6 @@ class Proxy:
             writer.transport.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[Any]], *, timeout_s: float, what: str
-) -> Any:
-    """Await ``predicate`` until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
 async def caught_up_tip(gw: AsyncGateway) -> int:
