@@ -425,7 +425,7 @@ class Node:
                 _HubLedger(self),
                 webhook_allowed_hosts=self.cfg.webhook_allowed_hosts,
                 org=self.cfg.org_id,
-                replicate=self._replicate_subscriptions,
+                replicate=lambda replica: self._send_to_org(encode(replica)),
                 turn_rank=self._webhook_rank,
             )
         )
@@ -1512,13 +1512,10 @@ class Node:
         me, org = self.cfg.node_id, self.cfg.org_id
         return {n.node_id for n in self.config.nodes if n.org_id == org and n.node_id != me}
 
-    def _replicate_subscriptions(self, replica: SubscriptionReplica) -> None:
-        """Subscriptions changed here, to the organization's other connected nodes (one
-        that is not connected gets them all when it connects: ``_on_connected``)."""
-        self._send_to_org(encode(replica))
-
     def _send_to_org(self, payload: bytes) -> None:
-        """A frame to the organization's other connected nodes."""
+        """A frame to the organization's other connected nodes (subscriptions changed
+        here, tokens logged out here); one that is not connected gets everything when it
+        connects (``_on_connected``)."""
         connected = set(self.p2p.connected())
         for peer in sorted(self._org_peers() & connected):
             self.p2p.send(peer, payload)
